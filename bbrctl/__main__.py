@@ -1,0 +1,3 @@
+from bbrctl.cli import main
+
+main()

@@ -1,0 +1,14 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+OverridesArg = typer.Argument(None, help="Hydra overrides, e.g. loss=focal_eiou gamma=0.5 weight=2.5", show_default=False)
+ConfigDirOpt = typer.Option(None, "--config-dir", help="Extra config directory searched before the shipped one (repeatable).")
+
+
+def as_list(values: Optional[List[str]]) -> list[str]:
+    return list(values or [])

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from typing import List, Optional
+
+from bbrctl.cli import app
+from bbrctl.cli.common import OverridesArg
+from bbrctl.errors import NotBuiltError
+
+
+@app.command("data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data_command(args: Optional[List[str]] = OverridesArg) -> None:
+    """(not built yet) See the project's open issues."""
+    raise NotBuiltError("`bbrctl data` is not built yet")

@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests never touch the network, never read ~/.cache, and run W&B disabled."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", max_examples=80, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("BBRCTL_CONFIG_PATH", raising=False)
+    # The synthetic dataset is deterministic, so one copy serves the whole session.
+    monkeypatch.setenv("BBRCTL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))
+
+
+def slurm_reachable() -> tuple[bool, str]:
+    if not shutil.which("sinfo") or not shutil.which("sbatch"):
+        return False, "sinfo/sbatch not on PATH"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"sinfo failed: {e}"
+    if out.returncode != 0:
+        return False, f"sinfo failed: {out.stderr.strip()}"
+    states = out.stdout.split()
+    if not any(s in ("idle", "mixed", "allocated") for s in states):
+        return False, f"no usable node (states: {states or 'none'})"
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A reachable SLURM cluster, or a skip; a failure where CI requires one."""
+    ok, why = slurm_reachable()
+    if not ok:
+        if os.environ.get("BBRCTL_REQUIRE_SLURM"):
+            pytest.fail(f"SLURM is required here (BBRCTL_REQUIRE_SLURM) but not reachable: {why}")
+        pytest.skip(f"no SLURM cluster reachable ({why}); start one with `sudo bash .ci/start-slurm`")
+    return True
