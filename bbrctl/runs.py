@@ -4,7 +4,7 @@ Layout (every file written atomically: temp file in the same directory, fsync, r
 
     <run_dir>/
       config.yaml      resolved config, written first (before anything runs)
-      job.json         {"signature", "name", "sweep", "overrides", "created"}
+      job.json         {"signature", "name", "sweep", "overrides", "created", "config"}
       status.json      {"state", "iteration", "max_iter", "updated", "pid", "host", ...}
       metrics.jsonl    one JSON object per logged iteration (append-only)
       train.log        human-readable log
@@ -98,3 +98,33 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     line = json.dumps(record, sort_keys=True, default=float) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signature: str, name: str,
+                    sweep: str | None = None, overrides: list[str] | None = None) -> Path:
+    """Create a run directory with its config.yaml and job.json, atomically and once.
+
+    job.json carries the resolved config as JSON so status and report can read thousands
+    of runs without a YAML parser. An existing directory with a different signature is
+    refused rather than overwritten (results would be mixed).
+    """
+    import yaml  # PyYAML ships with omegaconf; kept out of module import for start-up speed
+
+    run_dir = Path(run_dir)
+    existing = read_json(run_dir / JOB)
+    if isinstance(existing, dict) and existing.get("signature") not in (None, signature):
+        raise FileExistsError(f"{run_dir} holds another job (signature {existing.get('signature')}, not {signature})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG).exists():
+        atomic_write_text(run_dir / CONFIG, yaml.safe_dump(cfg_container, sort_keys=False))
+    if not isinstance(existing, dict):
+        atomic_write_json(run_dir / JOB, {
+            "signature": signature, "name": name, "sweep": sweep, "overrides": list(overrides or []),
+            "created": time.time(), "config": cfg_container,
+        })
+    return run_dir
+
+
+def read_job(run_dir: str | os.PathLike) -> dict | None:
+    job = read_json(Path(run_dir) / JOB)
+    return job if isinstance(job, dict) else None
