@@ -1,0 +1,48 @@
+"""`pip install .` must ship the config tree and templates, not only an editable checkout."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "-w", str(out), str(REPO)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = out.glob("bbrctl-*.whl")
+    return whl
+
+
+def test_wheel_ships_every_subpackage_and_the_config_tree(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for init in (REPO / "bbrctl").rglob("__init__.py"):
+        rel = init.relative_to(REPO).as_posix()
+        assert rel in names, f"{rel} missing from the wheel"
+    for yaml_file in (REPO / "conf").rglob("*.yaml"):
+        rel = "bbrctl/conf/" + yaml_file.relative_to(REPO / "conf").as_posix()
+        assert rel in names, f"{rel} missing from the wheel"
+    for tmpl in (REPO / "slurm").glob("*.j2"):
+        assert f"bbrctl/slurm/{tmpl.name}" in names
+
+
+def test_installed_wheel_composes_from_anywhere(wheel, tmp_path):
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = ("import bbrctl.config as C; d = C.package_config_dir(); print(d);"
+            "cfg = C.compose(['loss=focal_eiou', 'gamma=0.25']); print(cfg.loss.params.gamma)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    conf_dir, gamma = r.stdout.split()
+    assert Path(conf_dir).is_relative_to(target)
+    assert float(gamma) == 0.25
