@@ -46,3 +46,15 @@ def test_installed_wheel_composes_from_anywhere(wheel, tmp_path):
     conf_dir, gamma = r.stdout.split()
     assert Path(conf_dir).is_relative_to(target)
     assert float(gamma) == 0.25
+
+
+def test_no_source_file_is_git_ignored():
+    # A too-broad .gitignore pattern once hid conf/data/ from every clone.
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "conf", "slurm", "bbrctl"],
+                       cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"git unavailable: {r.stderr.strip()}")
+    ignored = [p for p in r.stdout.splitlines() if "__pycache__" not in p and not p.endswith(".pyc")]
+    assert ignored == []
