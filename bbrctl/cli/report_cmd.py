@@ -1,13 +1,57 @@
+"""`bbrctl report`: the paper's tables and figures from finished runs (logic in bbrctl.report)."""
+
 from __future__ import annotations
 
 from typing import List, Optional
 
+import typer
+
 from bbrctl.cli import app
-from bbrctl.cli.common import OverridesArg
-from bbrctl.errors import NotBuiltError
+from bbrctl.cli.common import ConfigDirOpt, as_list
+from bbrctl.errors import UserError
 
 
-@app.command("report", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def report_command(args: Optional[List[str]] = OverridesArg) -> None:
-    """(not built yet) See the project's open issues."""
-    raise NotBuiltError("`bbrctl report` is not built yet")
+@app.command("report")
+def report_command(
+    table: Optional[str] = typer.Option(None, "--table", "-t", help="Table to build: 1, 2, 3 or a name from report/*.yaml."),
+    figure: Optional[str] = typer.Option(None, "--figure", "-f", help="Figure to build: 7, 8, 9a, 9b, 9c or a name from report/*.yaml."),
+    list_: bool = typer.Option(False, "--list", help="List the table and figure definitions and exit."),
+    runs: str = typer.Option("runs", "--runs", help="Runs root to read (searched recursively for job.json)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Only runs of this sweep."),
+    where: Optional[List[str]] = typer.Option(None, "--where", help="Only runs whose config has KEY=VALUE (dotted key; repeatable)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="md | csv | latex | json (default: from --out's suffix, else md; csv for figure data)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (default reports/<name>.<ext>; '-' for stdout only)."),
+    paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log the table/figure to a W&B run in the sweep's group (offline without an account)."),
+    precision: int = typer.Option(1, "--precision", help="Decimals in md/latex/terminal cells."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files, print nothing but their paths."),
+    config_dir: Optional[List[str]] = ConfigDirOpt,
+) -> None:
+    """Build the paper's tables (--table 1|2|3) and figures (--figure 7|8|9a|9b|9c) from runs.
+
+    Rows are matched to runs by config values (conf/report/*.yaml); seeds are aggregated as
+    mean ± std (n); unfinished or failed runs show in their cells with a footnote.
+    """
+    from bbrctl.report import definitions
+    from bbrctl.report.main import print_outcome, report_figure, report_table
+
+    dirs = as_list(config_dir)
+    if list_:
+        for kind, key, title, path in definitions.listing(dirs):
+            flag = "--table" if kind == "table" else "--figure"
+            typer.echo(f"{flag} {key:<6} {title}  ({path})")
+        return
+    if (table is None) == (figure is None):
+        raise UserError("give exactly one of --table ID or --figure ID (see `bbrctl report --list`)")
+    kwargs = dict(runs=runs, sweep=sweep, where=as_list(where), fmt=fmt, out=out, paper=paper, wandb=wandb,
+                  config_dirs=dirs, precision=precision)
+    outcome = report_table(table, **kwargs) if table is not None else report_figure(figure, **kwargs)
+    if out == "-":
+        typer.echo(outcome.text, nl=False)
+    elif not quiet:
+        print_outcome(outcome, precision)
+    for path in outcome.files:
+        typer.echo(f"wrote {path}", err=True)
+    if outcome.wandb:
+        typer.echo(f"logged to W&B ({outcome.wandb['mode']}, project {outcome.wandb['project']}, "
+                   f"group {outcome.wandb['group']}): {outcome.wandb['run_dir']}", err=True)

@@ -1,0 +1,184 @@
+"""Find run directories and read what they say, without ever failing on a partial one.
+
+A run directory is any folder holding ``job.json`` (written by ``bbrctl.runs.prepare_run_dir``)
+under the runs root; the walk does not descend into a run directory (checkpoints/ can be
+large). Files are written atomically by the trainer, so a read sees a whole file or none; a
+file that still does not parse (an older writer, a disk error) makes the run "incomplete"
+rather than an exception.
+
+Run states as the report sees them:
+  done        results.json status "done" with metrics.<metric>
+  failed      results.json status "failed" (its error is quoted in a footnote)
+  running / requeued / pending   from status.json while there is no results.json
+  incomplete  results.json present but unreadable, or "done" without the metric block
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bbrctl.runs import JOB, RESULTS, STATUS
+
+# Never walked into: they belong to a run, not to the runs tree.
+_SKIP_DIRS = {"checkpoints", "wandb", "__pycache__"}
+_MAX_DEPTH = 8
+
+
+@dataclass
+class Run:
+    dir: Path
+    job: dict
+    signature: str
+    sweep: str | None
+    created: float
+    # Filled by load_outcome():
+    state: str = "unknown"
+    metrics: dict = field(default_factory=dict)   # metrics block of results.json ({"bbox": {...}})
+    detail: str = ""                              # progress or error, for footnotes
+    results_signature: str | None = None
+
+    @property
+    def config(self) -> dict:
+        cfg = self.job.get("config")
+        return cfg if isinstance(cfg, dict) else {}
+
+
+@dataclass
+class Collection:
+    root: Path
+    runs: list[Run]
+    unreadable: list[Path]    # run dirs whose job.json did not parse
+
+
+def _read(path: Path) -> tuple[bool, Any]:
+    """(exists, parsed or None). Reads the whole file at once: atomic writers replace it whole."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return False, None
+    except OSError:
+        return True, None
+    try:
+        return True, json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return True, None
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every directory under ``root`` (itself included) that holds a job.json; sorted."""
+    found: list[str] = []
+    stack = [(str(root), 0)]
+    while stack:
+        d, depth = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        if any(e.name == JOB for e in entries):
+            found.append(d)
+            continue
+        if depth >= _MAX_DEPTH:
+            continue
+        for e in entries:
+            if e.name.startswith(".") or e.name in _SKIP_DIRS:
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, depth + 1))
+            except OSError:
+                continue
+    found.sort()
+    return [Path(d) for d in found]
+
+
+def collect(root: str | os.PathLike, sweep: str | None = None) -> Collection:
+    """Read job.json of every run under ``root``; only those of ``sweep`` when given.
+
+    A run belongs to a sweep when its job.json says so or it lies under ``root/<sweep>/``.
+    """
+    root = Path(root)
+    base = root / sweep if sweep and (root / sweep).is_dir() else root
+    runs: list[Run] = []
+    unreadable: list[Path] = []
+    for d in find_run_dirs(base):
+        _, job = _read(d / JOB)
+        if not isinstance(job, dict):
+            unreadable.append(d)
+            continue
+        if sweep and job.get("sweep") != sweep and base == root:
+            continue
+        created = job.get("created")
+        runs.append(Run(dir=d, job=job, signature=str(job.get("signature") or d.name),
+                        sweep=job.get("sweep"), created=float(created) if isinstance(created, (int, float)) else 0.0))
+    return Collection(root=root, runs=runs, unreadable=unreadable)
+
+
+def sweeps_under(root: str | os.PathLike) -> list[str]:
+    """Sweep names found under ``root`` (for the error message of an unknown --sweep)."""
+    names = set()
+    for d in find_run_dirs(Path(root)):
+        _, job = _read(d / JOB)
+        if isinstance(job, dict) and job.get("sweep"):
+            names.add(str(job["sweep"]))
+    return sorted(names)
+
+
+def load_outcome(run: Run, metric: str = "bbox") -> Run:
+    """Fill ``run.state``/``metrics``/``detail`` from results.json, else status.json."""
+    exists, res = _read(run.dir / RESULTS)
+    if exists:
+        if not isinstance(res, dict):
+            run.state, run.detail = "incomplete", "results.json could not be read"
+            return run
+        run.results_signature = res.get("signature")
+        status = res.get("status")
+        if status == "failed":
+            err = " ".join(str(res.get("error") or "no error message").split())
+            run.state, run.detail = "failed", err[:160]
+            return run
+        if status == "done":
+            metrics = res.get("metrics")
+            if isinstance(metrics, dict) and isinstance(metrics.get(metric), dict):
+                run.state, run.metrics = "done", metrics
+                return run
+            run.state, run.detail = "incomplete", f"results.json has no metrics.{metric}"
+            return run
+        run.state, run.detail = "incomplete", f"results.json has status {status!r}"
+        return run
+    exists, st = _read(run.dir / STATUS)
+    if isinstance(st, dict) and st.get("state") in ("running", "requeued", "pending", "failed", "done"):
+        state = st["state"]
+        it, mx = st.get("iteration"), st.get("max_iter")
+        progress = f"iteration {it}/{mx}" if isinstance(it, int) and isinstance(mx, int) else ""
+        if state == "done":  # status says done but results.json is missing: not reportable
+            run.state, run.detail = "incomplete", "status done but no results.json"
+        elif state == "failed":
+            run.state, run.detail = "failed", " ".join(str(st.get("error") or "see train.log").split())[:160]
+        else:
+            run.state, run.detail = state, progress
+        return run
+    if exists:
+        run.state, run.detail = "incomplete", "status.json could not be read"
+        return run
+    run.state, run.detail = "pending", ""
+    return run
+
+
+def metric_value(run: Run, metric: str, column: str) -> float | None:
+    """A finite, non-negative metric value, or None (COCO writes -1 where a size range is empty)."""
+    block = run.metrics.get(metric) if run.metrics else None
+    if not isinstance(block, dict):
+        return None
+    v = block.get(column)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")) or v < 0:
+        return None
+    return v

@@ -1,0 +1,258 @@
+"""The ``bbrctl report`` flows: find the definition, read runs, build, write files, print.
+
+Output files go to ``reports/<name>.<ext>`` unless ``--out FILE`` says otherwise (``-`` for
+stdout only); they are written atomically. The format comes from ``--format``, else from
+the file's suffix, else Markdown for tables and CSV for figure data (figures also write a
+PNG). Nothing is written when the input is bad: every check runs before the first write.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from bbrctl.errors import UserError
+from bbrctl.report import definitions
+from bbrctl.report.collect import Collection, collect, sweeps_under
+from bbrctl.report.render import FORMATS, FROM_SUFFIX, SUFFIX
+from bbrctl.runs import atomic_write_bytes, atomic_write_text
+
+DEFAULT_DIR = Path("reports")
+
+
+@dataclass
+class Outcome:
+    kind: str                      # table | figure | simulation
+    name: str
+    fmt: str
+    text: str                      # the rendered data (what --out / the data file holds)
+    result: Any
+    files: list[Path] = field(default_factory=list)
+    wandb: dict | None = None
+
+
+def _check_format(fmt: str | None) -> None:
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def _format_of(out: str | None, fmt: str | None, default: str) -> str:
+    _check_format(fmt)
+    if out and out != "-" and Path(out).is_dir():
+        raise UserError(f"--out {out!r} is a directory; give a file name such as {Path(out) / 'table1.md'}")
+    if fmt:
+        return fmt
+    if out and out != "-":
+        suffix = Path(out).suffix.lower()
+        if suffix in FROM_SUFFIX:
+            return FROM_SUFFIX[suffix]
+        if suffix != ".png":
+            raise UserError(f"cannot tell the format of --out {out!r} from its suffix; use --format "
+                            f"{'|'.join(FORMATS)} or a {'/'.join(sorted(set(SUFFIX.values())))} file")
+    return default
+
+
+def _collection(runs: str | os.PathLike, sweep: str | None) -> Collection:
+    root = Path(runs)
+    if not root.is_dir():
+        raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs DIR "
+                        f"(the runs_root where `bbrctl sweep`/`bbrctl train` create run directories)")
+    col = collect(root, sweep)
+    if sweep and not col.runs and not col.unreadable:
+        known = sweeps_under(root)
+        raise UserError(f"no runs of sweep {sweep!r} under {root}; sweeps there: {', '.join(known) or 'none'}")
+    return col
+
+
+def _common_sweep(run_dirs: Iterable[str], col: Collection) -> str | None:
+    wanted = set(run_dirs)
+    names = {r.sweep for r in col.runs if str(r.dir) in wanted}
+    return names.pop() if len(names) == 1 else None
+
+
+def _run_wandb(run_dirs: Iterable[str], col: Collection) -> dict:
+    wanted = set(run_dirs)
+    for r in col.runs:
+        if str(r.dir) in wanted and isinstance(r.config.get("wandb"), dict):
+            return r.config["wandb"]
+    return {}
+
+
+def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
+    rows = list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], rows[1:]
+
+    def conv(v: str) -> Any:
+        if v == "":
+            return None  # W&B column types allow None beside a number, not ""
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return header, [[conv(v) for v in r] for r in body]
+
+
+def report_table(key: str, *, runs: str | os.PathLike = "runs", sweep: str | None = None,
+                 where: Sequence[str] = (), fmt: str | None = None, out: str | None = None,
+                 paper: bool = False, wandb: bool = False, config_dirs: Sequence[str] = (),
+                 precision: int = 1, out_dir: Path = DEFAULT_DIR) -> Outcome:
+    from bbrctl.report.matching import parse_where
+    from bbrctl.report.render import render
+    from bbrctl.report.table import build_table
+
+    fmt = _format_of(out, fmt, "md")
+    if out and Path(out).suffix.lower() == ".png":
+        raise UserError("--out for a table must be a .md/.csv/.tex/.json file (PNG is for --figure)")
+    _check_precision(precision)
+    filters = parse_where(where)
+    defn = definitions.load("table", key, config_dirs)
+    col = _collection(runs, sweep)
+    tr = build_table(defn, col, where=filters, paper=paper, sweep=sweep)
+    text = render(tr, fmt, precision)
+    files = []
+    if out != "-":
+        path = Path(out) if out else Path(out_dir) / f"{defn.name}{SUFFIX[fmt]}"
+        atomic_write_text(path, text)
+        files.append(path)
+    outcome = Outcome("table", defn.name, fmt, text, tr, files)
+    if wandb:
+        from bbrctl.report.render import to_csv, to_markdown
+        from bbrctl.report.wandb_sink import log_report
+
+        dirs = [d for r in tr.rows for d in r.runs]
+        header, rows = _csv_rows(to_csv(tr))
+        outcome.wandb = log_report(defn.name, defn.title, header, rows, markdown=to_markdown(tr, precision),
+                                   group=sweep or _common_sweep(dirs, col), run_wandb=_run_wandb(dirs, col),
+                                   out_dir=Path(out_dir))
+    return outcome
+
+
+def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | None = None,
+                  where: Sequence[str] = (), fmt: str | None = None, out: str | None = None,
+                  paper: bool = False, wandb: bool = False, config_dirs: Sequence[str] = (),
+                  precision: int = 1, out_dir: Path = DEFAULT_DIR) -> Outcome:
+    from bbrctl.report.matching import parse_where
+
+    fmt = _format_of(out, fmt, "csv")
+    _check_precision(precision)
+    if out == "-":
+        raise UserError("--out - (stdout) is for tables; a figure writes a PNG: give --out FILE.png")
+    filters = parse_where(where)
+    defn = definitions.load("figure", key, config_dirs)
+    if out:
+        out_path = Path(out)
+        png = out_path.with_suffix(".png")
+        data = out_path if out_path.suffix.lower() != ".png" else out_path.with_suffix(SUFFIX[fmt])
+    else:
+        png = Path(out_dir) / f"{defn.name}.png"
+        data = Path(out_dir) / f"{defn.name}{SUFFIX[fmt]}"
+
+    if isinstance(defn, definitions.SimulationDef):
+        from bbrctl.report.simulation import load_simulation, plot_simulation, simulation_text, summary_rows
+
+        if where:
+            raise UserError("--where applies to training runs; for a simulation figure pass --runs DIR")
+        root = Path(runs)
+        if not root.is_dir():
+            raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs DIR holding `bbrctl simulate` output")
+        sr = load_simulation(defn, root)
+        text = simulation_text(sr, fmt)
+        image = plot_simulation(sr)
+        atomic_write_text(data, text)
+        atomic_write_bytes(png, image)
+        outcome = Outcome("simulation", defn.name, fmt, text, sr, [png, data])
+        if paper:
+            sr.notes.append("--paper: the paper publishes Figures 7 and 8 as plots only; no numbers to compare")
+        if wandb:
+            from bbrctl.report.wandb_sink import log_report
+
+            header, rows = summary_rows(sr)
+            outcome.wandb = log_report(defn.name, defn.title, header, rows, images=[png],
+                                       markdown=simulation_text(sr, "md"), group=sweep, out_dir=Path(out_dir))
+        return outcome
+
+    from bbrctl.report.figures import build_figure, figure_csv, figure_dict, figure_markdown, plot_figure
+
+    col = _collection(runs, sweep)
+    fr = build_figure(defn, col, where=filters, sweep=sweep)
+    if paper:
+        fr.notes.append("--paper: the paper publishes Figure 9 as a plot only; no numbers to overlay")
+    if fmt == "csv":
+        text = figure_csv(fr)
+    elif fmt == "json":
+        import json
+
+        text = json.dumps(figure_dict(fr), indent=2, default=str) + "\n"
+    elif fmt == "md":
+        text = figure_markdown(fr, precision)
+    else:
+        raise UserError("figure data can be written as csv, json or md (not latex)")
+    image = plot_figure(fr)
+    atomic_write_text(data, text)
+    atomic_write_bytes(png, image)
+    outcome = Outcome("figure", defn.name, fmt, text, fr, [png, data])
+    if wandb:
+        from bbrctl.report.wandb_sink import log_report
+
+        dirs = [d for p in fr.points for d in p.runs]
+        header, rows = _csv_rows(figure_csv(fr))
+        outcome.wandb = log_report(defn.name, defn.title, header, rows, images=[png],
+                                   markdown=figure_markdown(fr, precision),
+                                   group=sweep or _common_sweep(dirs, col), run_wandb=_run_wandb(dirs, col),
+                                   out_dir=Path(out_dir))
+    return outcome
+
+
+def _check_precision(precision: int) -> None:
+    if not isinstance(precision, int) or not 0 <= precision <= 6:
+        raise UserError(f"--precision must be an integer in [0, 6], got {precision!r}")
+
+
+def print_outcome(outcome: Outcome, precision: int = 1, console=None, stream=None) -> None:
+    """Show the result: a rich table on a terminal, plain Markdown/CSV/JSON text otherwise."""
+    stream = stream or sys.stdout
+    tty = console is not None or (hasattr(stream, "isatty") and stream.isatty())
+    if outcome.kind == "table":
+        if outcome.fmt == "md" and tty:
+            from bbrctl.report.render import print_rich
+
+            print_rich(outcome.result, precision, console=console)
+        else:
+            stream.write(outcome.text)
+        return
+    if outcome.kind == "figure":
+        from bbrctl.report.figures import figure_markdown, figure_rows
+
+        if tty:
+            _rich_simple(outcome.result.definition.title, *figure_rows(outcome.result, precision),
+                         notes=outcome.result.notes, console=console)
+        else:
+            stream.write(figure_markdown(outcome.result, precision))
+        return
+    from bbrctl.report.simulation import simulation_text
+
+    stream.write(simulation_text(outcome.result, "md"))
+
+
+def _rich_simple(title: str, header: list[str], rows: list[list[str]], footnotes: list[str],
+                 notes: list[str], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(*[Text(c) for c in r])
+    console.print(t)
+    for i, n in enumerate(footnotes, 1):
+        console.print(Text(f"[{i}] {n}"))
+    for n in notes:
+        console.print(Text(f"Note: {n}", style="yellow"))

@@ -1,0 +1,261 @@
+"""Render a TableResult as Markdown, CSV, LaTeX, JSON or a rich terminal table.
+
+Markdown, LaTeX and rich share one grid of strings (the same cells and footnote numbers);
+CSV and JSON carry the numbers themselves (mean, std, n, Δ, standard error) for scripts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bbrctl.report.table import RowResult, TableResult
+
+FORMATS = ("md", "csv", "latex", "json")
+SUFFIX = {"md": ".md", "csv": ".csv", "latex": ".tex", "json": ".json"}
+FROM_SUFFIX = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex", ".latex": "latex", ".json": "json"}
+
+
+@dataclass
+class Grid:
+    header: list[str]
+    align: list[str]             # "l" | "r" per column
+    body: list[list[str]]
+    kinds: list[str]             # per body row: its state (for colouring) and source
+    footnotes: list[tuple[int, str]]
+    legend: list[str]
+    notes: list[str]
+
+
+def _num(x: float, precision: int, signed: bool = False) -> str:
+    s = f"{x:+.{precision}f}" if signed else f"{x:.{precision}f}"
+    if float(s) == 0:  # "-0.0" would read as a loss; a difference that rounds to zero is zero
+        s = ("+" if signed else "") + f"{0:.{precision}f}"
+    return s
+
+
+def _stat_text(st, precision: int) -> str:
+    if st is None or st.mean is None:
+        return ""
+    text = _num(st.mean, precision)
+    if st.std is not None:
+        text += f" ± {_num(st.std, precision)}"
+    return text
+
+
+def _is_base(r: RowResult, rows: list[RowResult]) -> bool:
+    return any(o.baseline == r.id and o.source == r.source for o in rows)
+
+
+def grid(tr: TableResult, precision: int = 1) -> Grid:
+    d = tr.definition
+    header = list(d.label_columns) + (["Source"] if tr.paper else []) + ["n"] + list(d.columns)
+    align = ["l"] * len(d.label_columns) + (["l"] if tr.paper else []) + ["r"] * (1 + len(d.columns))
+    if d.delta:
+        header.append(f"Δ {d.delta}")
+        align.append("r")
+    numbers: dict[str, int] = {}
+
+    def mark(texts: list[str]) -> str:
+        out = []
+        for t in texts:
+            if t not in numbers:
+                numbers[t] = len(numbers) + 1
+            out.append(f"[{numbers[t]}]")
+        return "".join(out)
+
+    body, kinds = [], []
+    for r in tr.rows:
+        cells = list(r.labels) + ([r.source] if tr.paper else [])
+        if r.state == "not run":
+            n_text = "–"
+        elif r.n_done == r.n_runs:
+            n_text = str(r.n_done)
+        else:
+            n_text = f"{r.n_done}/{r.n_runs}"
+        cells.append(n_text + mark(r.notes.get("n", [])))
+        for c in d.columns:
+            st = r.stats.get(c)
+            if r.n_done == 0:
+                text = r.state
+            else:
+                text = _stat_text(st, precision) or "n/a"
+            cells.append(text + mark(r.notes.get(c, [])))
+        if d.delta:
+            if r.delta is not None:
+                diff, se = r.delta
+                text = _num(diff, precision, signed=True) + (f" ± {_num(se, precision)}" if se is not None else "")
+            elif _is_base(r, tr.rows) and r.n_done:
+                text = "base"
+            else:
+                text = ""
+            cells.append(text)
+        body.append(cells)
+        kinds.append(f"{r.source}:{r.state}")
+
+    legend = [_setting_line(tr),
+              "Cells: mean ± sample std over the n finished seeds (no ± when n = 1); n reads finished/total "
+              "while some seeds are unfinished."]
+    if d.delta:
+        base_labels = sorted({" ".join(r.labels) for r in tr.rows if _is_base(r, tr.rows)})
+        legend.append(f"Δ {d.delta}: {d.delta} minus the baseline row's ({', '.join(base_labels) or 'none'}); "
+                      f"± is the standard error of the difference when both rows have n ≥ 2.")
+    if tr.paper and tr.paper_caption:
+        from bbrctl.report.paper import paper_tables
+
+        setting = paper_tables()[d.paper].setting if d.paper else ""
+        legend.append(f"paper: the published single runs ({tr.paper_caption.rstrip('.')}; {setting}). "
+                      f"ours: the runs above in their own setting; compare trends between rows, not absolute values.")
+    return Grid(header, align, body, kinds, [(n, t) for t, n in numbers.items()], legend, list(tr.notes))
+
+
+def _setting_line(tr: TableResult) -> str:
+    parts = [f"{k}={v}" for k, v in tr.setting.items()]
+    src = f"runs: {tr.root}" + (f" (sweep {tr.sweep})" if tr.sweep else "")
+    if tr.where:
+        src += " where " + ", ".join(f"{k}={v}" for k, v in tr.where.items())
+    return "Setting: " + (", ".join(parts) if parts else "no finished runs yet") + f"; {src}."
+
+
+def to_markdown(tr: TableResult, precision: int = 1) -> str:
+    g = grid(tr, precision)
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = [f"## {tr.title}", ""]
+    lines.append("| " + " | ".join(esc(h) for h in g.header) + " |")
+    lines.append("|" + "|".join(":---" if a == "l" else "---:" for a in g.align) + "|")
+    for row in g.body:
+        lines.append("| " + " | ".join(esc(c) for c in row) + " |")
+    lines.append("")
+    lines += [f"{line}  " for line in g.legend]
+    if g.footnotes or g.notes:
+        lines.append("")
+        lines += [f"[{n}] {esc(t)}  " for n, t in g.footnotes]
+        lines += [f"Note: {esc(t)}  " for t in g.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _tex(s: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "γ": r"$\gamma$", "β": r"$\beta$", "≥": r"$\geq$",
+            "₁": r"$_1$", "₂": r"$_2$", "²": r"$^2$"}
+    return "".join(repl.get(ch, ch) for ch in s)
+
+
+def to_latex(tr: TableResult, precision: int = 1) -> str:
+    import re
+
+    g = grid(tr, precision)
+
+    def cell(s: str) -> str:
+        # Footnote markers "[3]" become superscripts.
+        return re.sub(r"\\\[(\d+)\]|\[(\d+)\]", lambda m: f"$^{{{m.group(1) or m.group(2)}}}$", _tex(s))
+
+    lines = [r"% generated by `bbrctl report`; needs \usepackage{booktabs}",
+             r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(tr.title)}}}",
+             rf"\begin{{tabular}}{{{''.join(g.align)}}}", r"\toprule",
+             " & ".join(cell(h) for h in g.header) + r" \\", r"\midrule"]
+    for row in g.body:
+        lines.append(" & ".join(cell(c) for c in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip\footnotesize"]
+    lines += [_tex(t) + r"\\" for t in g.legend]
+    lines += [f"$^{{{n}}}$ " + _tex(t) + r"\\" for n, t in g.footnotes]
+    lines += [_tex("Note: " + t) + r"\\" for t in g.notes]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(tr: TableResult, precision: int | None = None) -> str:
+    """One line per row; numbers unrounded; empty where there is none."""
+    d = tr.definition
+    header = list(d.label_columns) + ["source", "state", "n", "n_runs"]
+    for c in d.columns:
+        header += [c, f"{c}_std"]
+    if d.delta:
+        header += [f"delta_{d.delta}", f"delta_{d.delta}_se"]
+    header.append("notes")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in tr.rows:
+        line: list[Any] = list(r.labels) + [r.source, r.state, r.n_done, r.n_runs]
+        for c in d.columns:
+            st = r.stats.get(c)
+            line += [_raw(st.mean if st else None), _raw(st.std if st else None)]
+        if d.delta:
+            line += [_raw(r.delta[0] if r.delta else None), _raw(r.delta[1] if r.delta else None)]
+        line.append(" | ".join(t for texts in r.notes.values() for t in texts))
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def _raw(x: float | None) -> str:
+    return "" if x is None else repr(round(x, 10))
+
+
+def to_dict(tr: TableResult) -> dict:
+    d = tr.definition
+    rows = []
+    for r in tr.rows:
+        rows.append({
+            "id": r.id, "labels": dict(zip(d.label_columns, r.labels)), "source": r.source, "state": r.state,
+            "n": r.n_done, "n_runs": r.n_runs, "states": dict(sorted(r.states.items())),
+            "metrics": {c: ({"mean": st.mean, "std": st.std, "n": st.n, "values": st.values} if st else None)
+                        for c, st in ((c, r.stats.get(c)) for c in d.columns)},
+            "baseline": r.baseline,
+            "delta": ({"metric": d.delta, "value": r.delta[0], "se": r.delta[1]} if r.delta else None),
+            "seeds": r.seeds, "runs": r.runs,
+            "notes": [t for texts in r.notes.values() for t in texts],
+        })
+    return {
+        "kind": "table", "name": d.name, "title": d.title, "definition": d.source,
+        "label_columns": list(d.label_columns), "metric": d.metric, "columns": list(d.columns),
+        "delta": d.delta, "runs_root": tr.root, "sweep": tr.sweep, "where": tr.where,
+        "setting": tr.setting, "paper": tr.paper, "paper_caption": tr.paper_caption,
+        "rows": rows, "notes": tr.notes, "generated": tr.generated,
+    }
+
+
+def to_json(tr: TableResult, precision: int | None = None) -> str:
+    return json.dumps(to_dict(tr), indent=2, default=str) + "\n"
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}
+
+
+def render(tr: TableResult, fmt: str, precision: int = 1) -> str:
+    return RENDERERS[fmt](tr, precision)
+
+
+_STYLE = {"done": "", "partial": "yellow", "running": "cyan", "requeued": "cyan", "pending": "dim",
+          "incomplete": "magenta", "failed": "red", "missing": "dim", "not run": "dim"}
+
+
+def print_rich(tr: TableResult, precision: int = 1, console=None) -> None:
+    """The grid as a rich table on the terminal, with the legend and footnotes below."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    g = grid(tr, precision)
+    console = console or Console()
+    t = Table(title=tr.title, title_justify="left", header_style="bold")
+    for h, a in zip(g.header, g.align):
+        t.add_column(h, justify="left" if a == "l" else "right", no_wrap=True)
+    for row, kind in zip(g.body, g.kinds):
+        source, state = kind.split(":", 1)
+        style = "italic dim" if source == "paper" else _STYLE.get(state, "")
+        t.add_row(*[Text(c) for c in row], style=style or None)
+    console.print(t)
+    for line in g.legend:
+        console.print(Text(line, style="dim"))
+    for n, text in g.footnotes:
+        console.print(Text(f"[{n}] {text}"))
+    for text in g.notes:
+        console.print(Text(f"Note: {text}", style="yellow"))

@@ -1,0 +1,227 @@
+"""Figures 7 and 8: collect the output of ``bbrctl simulate --setup N`` into one figure.
+
+A simulation run directory holds ``summary.json`` ({"setup", "config", "losses": {name:
+{final_error, mean_iou, median_iou, frac_iou_gt_0.5, ...}}}), ``error_curves.csv``
+(iteration, one column per loss) and ``iou_quantiles.csv`` (loss, iteration, q0, q05, q25,
+q50, q75, q95, q100, mean). The newest directory with the requested setup under the runs
+root is used (or the directory given as --runs itself); others are named in a note.
+The figure has the paper's two panels: (a) the regression error E(t) of every loss, (b) box
+plots of the IoU at a few iterations per loss (whiskers at the 5th/95th percentiles).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bbrctl.errors import UserError
+from bbrctl.report.definitions import SimulationDef
+
+SUMMARY = "summary.json"
+CURVES = "error_curves.csv"
+QUANTILES = "iou_quantiles.csv"
+SUMMARY_COLUMNS = ("final_error", "mean_iou", "median_iou", "frac_iou_gt_0.5", "frac_iou_gt_0.75", "frac_iou_gt_0.9")
+_SKIP = {"checkpoints", "wandb", "__pycache__"}
+
+
+@dataclass
+class SimulationResult:
+    definition: SimulationDef
+    run_dir: Path
+    summary: dict
+    curves: dict[str, list[tuple[int, float]]]                 # loss → [(iteration, E)]
+    quantiles: dict[str, list[tuple[int, dict[str, float]]]]   # loss → [(iteration, {q0..q100, mean})]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[str]:
+        # The CSV keeps the order the simulation ran them in; summary.json's keys are sorted.
+        names = list((self.summary.get("losses") or {}).keys())
+        ordered = [n for n in self.curves if n in names or not names]
+        return ordered + [n for n in names if n not in ordered]
+
+
+def find_simulations(root: Path, setup: int) -> list[tuple[float, Path]]:
+    """(mtime, dir) of every readable simulation output of ``setup`` under ``root``, newest first."""
+    found = []
+    stack = [(str(root), 0)]
+    while stack:
+        d, depth = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        names = {e.name for e in entries}
+        if SUMMARY in names:
+            p = Path(d) / SUMMARY
+            try:
+                summary = json.loads(p.read_bytes())
+                if isinstance(summary, dict) and summary.get("setup") == setup:
+                    found.append((p.stat().st_mtime, Path(d)))
+            except (OSError, ValueError):
+                pass
+            continue
+        if depth < 6:
+            stack += [(e.path, depth + 1) for e in entries
+                      if not e.name.startswith(".") and e.name not in _SKIP and e.is_dir(follow_symlinks=False)]
+    found.sort(key=lambda t: (t[0], str(t[1])), reverse=True)
+    return found
+
+
+def _floats(row: dict[str, str], skip: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for k, v in row.items():
+        if k in skip or v in (None, ""):
+            continue
+        try:
+            out[k] = float(v)
+        except ValueError:
+            continue
+    return out
+
+
+def load_simulation(defn: SimulationDef, root: str | os.PathLike) -> SimulationResult:
+    root = Path(root)
+    found = find_simulations(root, defn.setup)
+    if not found:
+        hint = f"; run `{defn.hint}` first" if defn.hint else ""
+        raise UserError(f"no simulation output for setup {defn.setup} under {root} "
+                        f"(looked for {SUMMARY} with \"setup\": {defn.setup}){hint}")
+    run_dir = found[0][1]
+    notes = []
+    if len(found) > 1:
+        notes.append(f"{len(found) - 1} older setup-{defn.setup} simulation(s) under {root} not shown "
+                     f"(pass --runs DIR to pick one), e.g. {found[1][1]}")
+    summary = json.loads((run_dir / SUMMARY).read_bytes())
+    curves: dict[str, list[tuple[int, float]]] = {}
+    try:
+        with open(run_dir / CURVES, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                it = int(float(row["iteration"]))
+                for loss, v in _floats(row, ("iteration",)).items():
+                    curves.setdefault(loss, []).append((it, v))
+    except (OSError, KeyError, ValueError) as e:
+        notes.append(f"{run_dir / CURVES} unreadable ({type(e).__name__}); panel (a) left empty")
+    quantiles: dict[str, list[tuple[int, dict[str, float]]]] = {}
+    try:
+        with open(run_dir / QUANTILES, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                quantiles.setdefault(row["loss"], []).append(
+                    (int(float(row["iteration"])), _floats(row, ("loss", "iteration"))))
+    except (OSError, KeyError, ValueError) as e:
+        notes.append(f"{run_dir / QUANTILES} unreadable ({type(e).__name__}); panel (b) left empty")
+    return SimulationResult(defn, run_dir, summary, curves, quantiles, notes)
+
+
+def summary_rows(sr: SimulationResult) -> tuple[list[str], list[list[Any]]]:
+    header = ["loss", *SUMMARY_COLUMNS]
+    rows = []
+    for loss in sr.losses:
+        block = (sr.summary.get("losses") or {}).get(loss) or {}
+        rows.append([loss] + [block.get(c) for c in SUMMARY_COLUMNS])
+    return header, rows
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def simulation_text(sr: SimulationResult, fmt: str) -> str:
+    header, rows = summary_rows(sr)
+    if fmt == "json":
+        return json.dumps({"kind": "simulation", "name": sr.definition.name, "title": sr.definition.title,
+                           "setup": sr.definition.setup, "run_dir": str(sr.run_dir),
+                           "config": sr.summary.get("config"), "losses": sr.summary.get("losses"),
+                           "notes": sr.notes}, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows([[("" if v is None else v) for v in r] for r in rows])
+        return buf.getvalue()
+    if fmt == "latex":
+        from bbrctl.report.render import _tex
+
+        lines = [r"\begin{tabular}{l" + "r" * len(SUMMARY_COLUMNS) + "}", r"\toprule",
+                 " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+        lines += [" & ".join(_tex(_cell(v)) for v in r) + r" \\" for r in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    lines = [f"## {sr.definition.title}", "", "| " + " | ".join(header) + " |",
+             "|:---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
+    lines += ["", f"From {sr.run_dir}.  "]
+    lines += [f"Note: {n}  " for n in sr.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_simulation(sr: SimulationResult, max_boxes: int = 5) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    losses = sr.losses
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    try:
+        colors = {loss: f"C{i % 10}" for i, loss in enumerate(losses)}
+        for loss in losses:
+            pts = sr.curves.get(loss) or []
+            if pts:
+                ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=loss, color=colors[loss])
+        ax1.set_xlabel("iteration")
+        ax1.set_ylabel("regression error E(t)")
+        ax1.set_yscale("log")
+        ax1.set_title("(a) regression error", fontsize=9)
+        ax1.grid(True, alpha=0.3)
+        if any(sr.curves.get(l) for l in losses):
+            ax1.legend(fontsize=7)
+        # (b): boxes at up to max_boxes iterations shared by every loss, side by side.
+        its = sorted({it for loss in losses for it, _ in sr.quantiles.get(loss, [])})
+        if len(its) > max_boxes:
+            idx = [round(i * (len(its) - 1) / (max_boxes - 1)) for i in range(max_boxes)]
+            its = [its[i] for i in sorted(set(idx))]
+        width = 0.8 / max(len(losses), 1)
+        for j, loss in enumerate(losses):
+            by_it = dict(sr.quantiles.get(loss, []))
+            stats, pos = [], []
+            for k, it in enumerate(its):
+                q = by_it.get(it)
+                if not q or not all(c in q for c in ("q05", "q25", "q50", "q75", "q95")):
+                    continue
+                stats.append({"med": q["q50"], "q1": q["q25"], "q3": q["q75"], "whislo": q["q05"],
+                              "whishi": q["q95"], "fliers": [], "mean": q.get("mean"), "label": ""})
+                pos.append(k + (j - (len(losses) - 1) / 2) * width)
+            if stats:
+                bp = ax2.bxp(stats, positions=pos, widths=width * 0.9, showfliers=False, patch_artist=True,
+                             showmeans=all(s["mean"] is not None for s in stats),
+                             meanprops={"marker": "^", "markersize": 3, "markerfacecolor": "black",
+                                        "markeredgecolor": "black"},
+                             medianprops={"color": "black", "linewidth": 1})
+                for b in bp["boxes"]:
+                    b.set_facecolor(colors[loss])
+                    b.set_alpha(0.6)
+                ax2.plot([], [], color=colors[loss], linewidth=6, alpha=0.6, label=loss)
+        ax2.set_xticks(range(len(its)))
+        ax2.set_xticklabels([str(i) for i in its])
+        ax2.set_xlabel("iteration")
+        ax2.set_ylabel("IoU")
+        ax2.set_title("(b) IoU (box: quartiles; whiskers: 5th/95th percentile)", fontsize=9)
+        ax2.grid(True, axis="y", alpha=0.3)
+        if its:
+            ax2.legend(fontsize=7)
+        fig.suptitle(sr.definition.title, fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
