@@ -11,11 +11,26 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from bbrctl.errors import UserError
+
 INV_E = 1.0 / math.e
 
 # Spaces a loss works in: encoded regression deltas (dx, dy, dw, dh) or decoded xyxy boxes.
 DELTAS = "deltas"
 BOXES = "boxes"
+
+# Reductions every loss accepts; WEIGHTED is Eq. 11 (sum W*L / sum W) and only exists for
+# the losses that carry a focal weight W.
+REDUCTIONS = ("none", "mean", "sum")
+WEIGHTED = "weighted"
+
+
+class LossParamError(UserError, ValueError):
+    """A bad loss name, parameter or weight.
+
+    A UserError (the CLI prints one line, exit 2) that is also a ValueError, so library
+    callers that catch ValueError keep working.
+    """
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,11 @@ class LossSpec:
     space: str
     params: Mapping[str, Param] = field(default_factory=dict)
     doc: str = ""
+    default_reduction: str = "mean"
+
+    @property
+    def reductions(self) -> tuple[str, ...]:
+        return REDUCTIONS + ((WEIGHTED,) if self.default_reduction == WEIGHTED else ())
 
 
 def _fmt(x: float) -> str:
@@ -70,11 +90,11 @@ SPECS: dict[str, LossSpec] = {
         }, "CIoU loss, Eq. 5"),
         LossSpec("eiou", BOXES, {}, "EIoU loss, Eq. 7"),
         LossSpec("focal_eiou", BOXES, {"gamma": Param(0.5, 0.0, None, doc="Eq. 10")},
-                 "Focal-EIoU, Eq. 10-11"),
+                 "Focal-EIoU, Eq. 10-11", default_reduction=WEIGHTED),
         LossSpec("focal_eiou_v1", BOXES, {"beta": Param(0.8, INV_E, 1.0, doc="Eq. 9 with x = EIoU")},
                  "Focal-EIoU v1: FocalL1 of the EIoU loss (Sec. 5.4.4)"),
-        LossSpec("focal_eiou_star", BOXES, {"gamma": Param(0.5, 0.0, None)},
-                 "Focal-EIoU*: -(1-IoU)^gamma log(IoU) EIoU (Sec. 5.4.4)"),
+        LossSpec("focal_eiou_star", BOXES, {"gamma": Param(0.5, 0.0, None, doc="focal-loss exponent")},
+                 "Focal-EIoU*: -(1-IoU)^gamma log(IoU) EIoU (Sec. 5.4.4)", default_reduction=WEIGHTED),
     ]
 }
 
@@ -84,39 +104,46 @@ LOSSES: tuple[str, ...] = tuple(SPECS)
 def check_params(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Validate a loss name and its parameters; return the full parameter dict.
 
-    Raises ValueError with a one-line message naming what was wrong and what is valid.
+    Raises LossParamError (a ValueError and a UserError) with a one-line message naming
+    what was wrong and what is valid.
     """
     if name not in SPECS:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+        raise LossParamError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     spec = SPECS[name]
     params = dict(params or {})
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         valid = ", ".join(spec.params) or "none"
-        raise ValueError(f"loss {name!r} has no parameter {unknown[0]!r}; valid parameters: {valid}")
+        raise LossParamError(f"loss {name!r} has no parameter {unknown[0]!r}; valid parameters: {valid}")
     out = {k: p.default for k, p in spec.params.items()}
     for key, value in params.items():
         p = spec.params[key]
         if value is None:
             if not p.nullable:
-                raise ValueError(f"{name}.{key} must be a number in {p.describe()}, got null")
+                raise LossParamError(f"{name}.{key} must be a number in {p.describe()}, got null")
             out[key] = None
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}.{key} must be a number in {p.describe()}, got {value!r}")
+            raise LossParamError(f"{name}.{key} must be a number in {p.describe()}, got {value!r}")
         v = float(value)
         bad = not math.isfinite(v)
         if p.low is not None:
-            bad |= v <= p.low if p.low_open else v < p.low - 1e-12
+            bad |= v <= p.low if p.low_open else v < p.low - 1e-8
         if p.high is not None:
-            bad |= v > p.high + 1e-12
+            bad |= v > p.high + 1e-8
         if bad:
-            raise ValueError(f"{name}.{key}={value:g} is out of range; valid: {p.describe()}")
+            raise LossParamError(f"{name}.{key}={v:.10g} is out of range; valid: {p.describe()}")
+        # Values within the rounding tolerance are snapped onto the bound (e.g. beta given as
+        # 0.36787944 for 1/e), so the formulas never see a value just outside their domain.
+        if p.low is not None and not p.low_open:
+            v = max(v, p.low)
+        if p.high is not None:
+            v = min(v, p.high)
         out[key] = v
     return out
 
 
 def check_weight(weight: Any) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"loss weight must be a finite number >= 0, got {weight!r}")
+        raise LossParamError(f"loss weight must be a finite number >= 0, got {weight!r}")
     return float(weight)

@@ -1,0 +1,53 @@
+"""Bounding-box regression losses: one function per loss and a registry by name.
+
+    from bbrctl.losses import LOSSES, get_loss
+    loss = get_loss("focal_eiou", gamma=0.5)       # .name .space .params .default_reduction
+    value = loss(pred_boxes, target_boxes)          # (N, 4) xyxy; Eq. 11 weighted mean
+
+Importing this package does not import torch (the orchestration commands read the
+metadata in ``spec``); ``get_loss`` and the per-loss functions (``eiou_loss``,
+``focal_l1_loss``, ..., and ``box_iou_aligned``) are loaded on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bbrctl.losses.spec import (BOXES, DELTAS, INV_E, LOSSES, REDUCTIONS, SPECS, WEIGHTED, LossParamError,
+                                LossSpec, Param, check_params, check_weight)
+
+_LAZY = {
+    "get_loss": "registry",
+    "loss_function": "registry",
+    "BoundLoss": "registry",
+    "box_iou_aligned": "boxes",
+    "iou_loss": "boxes",
+    "giou_loss": "boxes",
+    "diou_loss": "boxes",
+    "ciou_loss": "boxes",
+    "eiou_loss": "boxes",
+    "focal_eiou_loss": "boxes",
+    "focal_eiou_v1_loss": "boxes",
+    "focal_eiou_star_loss": "boxes",
+    "l1_loss": "deltas",
+    "smooth_l1_loss": "deltas",
+    "balanced_l1_loss": "deltas",
+    "focal_l1_loss": "deltas",
+    "focal_l1_elementwise": "deltas",
+}
+
+__all__ = ["BOXES", "DELTAS", "INV_E", "LOSSES", "REDUCTIONS", "SPECS", "WEIGHTED", "LossParamError",
+           "LossSpec", "Param", "check_params", "check_weight", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bbrctl.losses' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bbrctl.losses.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
