@@ -1,0 +1,566 @@
+"""The training loop: SGD, warm-up, step decay, AMP, DDP, checkpoints, signals, logging.
+
+One function, :func:`run`, trains the detector described by a resolved config inside a
+run directory and returns the final metrics. What it guarantees:
+
+* **Optimisation** (Sec. 5.2): SGD, momentum 0.9, weight decay 1e-4; the learning rate
+  ``base_lr * batch_size / base_batch_size`` (linear scaling to the actual global batch),
+  a linear warm-up from ``warmup_factor`` over ``warmup_iters`` and a x``gamma`` decay
+  at each of ``steps``, set per iteration as a pure function of the iteration number::
+
+      lr(i) = lr * (warmup_factor + (1 - warmup_factor) * i / warmup_iters  if i < warmup_iters else 1)
+                 * gamma ** #{s in steps : s <= i}
+
+* **Determinism**: seeded model init; the data order is the sampler's (seed, position)
+  stream (flips included); the only other randomness (R-CNN's fg/bg sampling) uses
+  torch's global RNG, which checkpoints save per rank. A run stopped at any
+  checkpoint and resumed ends with bitwise the same weights as an uninterrupted run on
+  the CPU (tests/test_train_resume.py).
+* **Checkpoints** every ``checkpoint_period`` iterations, at the end, and when SIGTERM
+  or SIGUSR1 arrives: the handler only sets a flag; the loop finishes the current
+  iteration, saves, writes status "requeued" and raises :class:`Requeue` (exit 75).
+* **Multi-GPU**: under ``torchrun`` (WORLD_SIZE > 1) a process group is initialised
+  from the environment, the model is wrapped in DDP, each rank takes every w-th image
+  of the stream (so the global batch is ``schedule.batch_size`` whatever w is), and
+  only rank 0 writes files. AMP (fp16 autocast + GradScaler) when on CUDA and
+  ``schedule.amp``.
+* **No per-iteration host syncs of our own**: loss terms are kept on the device and
+  copied to the host once per ``log_period`` iterations, when they are written to
+  ``metrics.jsonl`` (one line per iteration), checked for NaN/inf, logged to W&B, and
+  shown on the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from bbrctl import runs
+from bbrctl.detection import checkpoint as ckpt
+
+REQUEUE_EXIT = 75
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+STATUS_PERIOD_S = 5.0
+
+
+class Requeue(Exception):
+    """Raised after a signal-triggered checkpoint: the job should be requeued (exit 75)."""
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """Read torchrun's environment; initialise the process group when WORLD_SIZE > 1.
+
+    ``device``: "cpu", "cuda" or None/"auto" (CUDA when available). Each rank uses
+    ``cuda:LOCAL_RANK``; the backend is NCCL on CUDA, gloo on the CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = (device or "auto").lower()
+    if want not in ("auto", "cpu", "cuda"):
+        from bbrctl.errors import UserError
+
+        raise UserError(f"--device {device!r} is not valid; valid: auto, cpu, cuda")
+    if want == "cuda" and not torch.cuda.is_available():
+        from bbrctl.errors import UserError
+
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+    return Dist(rank, world, local, dev)
+
+
+def cleanup_distributed(dist: Dist) -> None:
+    if dist.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.distributed:
+        torch.distributed.barrier()
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; the loop checks it between iterations.
+
+    Handlers are installed only in the main thread (Python's rule) and restored on exit.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def scaled_lr(sched: Mapping[str, Any]) -> float:
+    """Linear scaling rule: base_lr at base_batch_size, proportional to the batch."""
+    return float(sched["base_lr"]) * int(sched["batch_size"]) / int(sched["base_batch_size"])
+
+
+def lr_factor(i: int, sched: Mapping[str, Any]) -> float:
+    """Multiplier of the scaled lr at 0-based iteration ``i`` (warm-up x step decay)."""
+    warm = int(sched.get("warmup_iters", 0))
+    f = 1.0
+    if i < warm:
+        wf = float(sched.get("warmup_factor", 0.001))
+        f = wf + (1.0 - wf) * i / warm
+    decays = sum(1 for s in sched.get("steps") or [] if i >= int(s))
+    return f * float(sched.get("gamma", 0.1)) ** decays
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(model: torch.nn.Module, sched: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's, and the default); AdamW for short CPU schedules,
+    where from-scratch SGD has not left the plateau after a few hundred steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    kind = sched.get("optimizer", "sgd")
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=scaled_lr(sched), weight_decay=float(sched.get("weight_decay", 1e-4)))
+    return torch.optim.SGD(params, lr=scaled_lr(sched), momentum=float(sched.get("momentum", 0.9)),
+                           weight_decay=float(sched.get("weight_decay", 1e-4)))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _to_device(images, targets, device: torch.device):
+    nb = device.type == "cuda"
+    images = [im.to(device, non_blocking=nb) for im in images]
+    targets = [{k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return images, targets
+
+
+def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
+    """An endless loader of per-rank batches, positioned at ``start_iter``."""
+    from bbrctl.detection.data import TrainSampler, collate
+
+    sched, data_cfg = cfg["schedule"], cfg["data"]
+    global_bs = int(sched["batch_size"])
+    sampler = TrainSampler(len(dataset), seed=int(cfg.get("seed", 0)), hflip_prob=float(sched.get("hflip_prob", 0.5)),
+                           start=start_iter * global_bs, rank=dist.rank, world_size=dist.world_size)
+    workers = int(data_cfg.get("num_workers", 0) or 0)
+    extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
+    # An explicit generator keeps the loader from drawing its base seed from the global
+    # RNG, which would shift R-CNN's sampling stream between a resumed and a full run.
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=global_bs // dist.world_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate, pin_memory=dist.device.type == "cuda",
+        generator=torch.Generator().manual_seed(int(cfg.get("seed", 0))), **extra)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None) -> dict | None:
+    """COCO metrics of ``model`` on the val split: {"bbox": {AP..APl}, ["segm": ...]}.
+
+    Every rank runs its share of the images; rank 0 gathers the detections and computes
+    the metrics (other ranks return None).
+    """
+    from bbrctl.detection.data import EvalSampler, build_dataset, collate, contiguous_to_cat_id
+    from bbrctl.detection.evaluate import CocoEvaluator
+
+    ds = val_dataset if val_dataset is not None else build_dataset(cfg["data"], "val")
+    iou_types = ("bbox", "segm") if cfg["model"]["name"] == "mask_rcnn" else ("bbox",)
+    evaluator = CocoEvaluator(ds.ann_file, contiguous_to_cat_id(ds), iou_types=iou_types)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=int(cfg["schedule"].get("eval_batch_size", 8)),
+        sampler=EvalSampler(len(ds), dist.rank, dist.world_size), collate_fn=collate,
+        num_workers=int(cfg["data"].get("num_workers", 0) or 0), pin_memory=dist.device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    amp = _amp_enabled(cfg, dist)
+    try:
+        for images, targets in loader:
+            images = [im.to(dist.device, non_blocking=True) for im in images]
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                outputs = model(images)
+            evaluator.update(outputs, [t["image_id"] for t in targets])
+    finally:
+        model.train(was_training)
+    if dist.distributed:
+        gathered = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, (evaluator.results, evaluator.image_ids))
+        if not dist.main:
+            return None
+        evaluator.results, evaluator.image_ids = [], []
+        for results, ids in gathered:
+            evaluator.extend(results, ids)
+    return evaluator.compute()
+
+
+def _amp_enabled(cfg: Mapping[str, Any], dist: Dist) -> bool:
+    return dist.device.type == "cuda" and bool(cfg["schedule"].get("amp", True))
+
+
+# --------------------------------------------------------------------------- logging
+
+
+# Loss-term names as the progress bar shows them (an 80-column terminal fits them all).
+_SHORT = {"classification": "cls", "bbox_regression": "reg", "bbox_ctrness": "ctr", "loss_classifier": "cls",
+          "loss_box_reg": "reg", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn", "loss_mask": "mask"}
+
+
+class Reporter:
+    """Progress bar, train.log and W&B for rank 0; silent elsewhere."""
+
+    def __init__(self, run_dir: Path, dist: Dist, max_iter: int, start: int, progress: bool, wandb=None):
+        self.main = dist.main
+        self.run_dir = run_dir
+        self.wandb = wandb
+        self.max_iter = max_iter
+        self._progress = None
+        self._task = None
+        self._last_status = 0.0
+        if self.main and progress:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            # stderr: stdout carries the command's result lines.
+            self._progress = Progress(
+                TextColumn("[bold]train"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("{task.fields[terms]}"), console=Console(stderr=True), transient=False)
+            self._task = self._progress.add_task("train", total=max_iter, completed=start, rate="", terms="")
+            self._progress.start()
+
+    def log(self, msg: str) -> None:
+        if not self.main:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        with open(self.run_dir / runs.LOG, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        if self._progress is not None:
+            self._progress.console.print(line, highlight=False, markup=False)
+        else:  # batch jobs: the scheduler's log file gets the same lines
+            import sys
+
+            print(line, file=sys.stderr, flush=True)
+
+    def advance(self, iteration: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=iteration)
+
+    def records(self, records: list[dict]) -> None:
+        """Per-iteration scalars, already on the host."""
+        if not self.main or not records:
+            return
+        path = self.run_dir / runs.METRICS
+        with open(path, "a", encoding="utf-8") as f:
+            import json
+
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        last = records[-1]
+        window = sum(r["time"] for r in records)
+        rate = len(records) / window if window > 0 else float("nan")
+        terms = " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in last.items()
+                         if k not in ("iteration", "lr", "time", "data_time"))
+        if self._progress is not None:
+            self._progress.update(self._task, rate=f"{rate:.2f} it/s", terms=terms)
+        self.log(f"iter {last['iteration']}/{self.max_iter} lr {last['lr']:.5f} {terms} ({rate:.2f} it/s)")
+        if self.wandb is not None:
+            for r in records:
+                self.wandb.log({("train/" + k): v for k, v in r.items() if k != "iteration"}, step=r["iteration"])
+
+    def status(self, iteration: int, force: bool = False, **fields) -> None:
+        if not self.main:
+            return
+        now = time.monotonic()
+        if force or now - self._last_status >= STATUS_PERIOD_S:
+            runs.write_status(self.run_dir, fields.pop("state", "running"), iteration=iteration,
+                              max_iter=self.max_iter, **fields)
+            self._last_status = now
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progress: bool = True,
+        wandb=None, signature: str | None = None, on_checkpoint: Callable[[int], None] | None = None) -> dict:
+    """Train (or resume) the run in ``run_dir`` and evaluate it; return a results dict.
+
+    Returns ``{"metrics", "iteration", "max_iter", "wall_time_s", "timing"}`` on rank 0
+    (metrics None elsewhere). Raises :class:`Requeue` after a signal-triggered
+    checkpoint, FloatingPointError when the loss stops being finite.
+    """
+    from bbrctl.detection.data import build_dataset, ensure_dataset, num_classes
+    from bbrctl.detection.models import build_model
+
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    sched, data_cfg = cfg["schedule"], cfg["data"]
+    max_iter = int(sched["max_iter"])
+    seed = int(cfg.get("seed", 0))
+    if dist.main:
+        ensure_dataset(data_cfg)  # generates synthetic data once, before the others read it
+    _barrier(dist)
+
+    torch.manual_seed(seed)
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    with_masks = cfg["model"]["name"] == "mask_rcnn"
+    train_ds = build_dataset(data_cfg, "train", with_masks=with_masks)
+    model = build_model(cfg, num_classes(data_cfg)).to(dist.device)
+    if dist.distributed and dist.device.type == "cuda" and cfg["model"].get("norm") == "batch":
+        # Batch statistics over the global batch; SyncBatchNorm has no CPU kernel, so CPU
+        # DDP (tests, debugging) keeps per-process statistics.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, sched)
+    amp = _amp_enabled(cfg, dist)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    base_lr = scaled_lr(sched)
+
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    start, elapsed_before = 0, 0.0
+    if state is not None:
+        if signature and state.get("signature") not in (None, signature):
+            raise RuntimeError(f"{ckpt.checkpoint_path(run_dir)} belongs to another config (signature "
+                               f"{state.get('signature')}, this run is {signature}); move it away to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and amp:
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        rng = state.get("rng") or []
+        if len(rng) == dist.world_size:
+            ckpt.set_rng_state(rng[dist.rank])
+    elif dist.rank > 0:
+        torch.manual_seed(seed + 1_000_003 * dist.rank)
+    del state
+
+    if dist.main:
+        _truncate_metrics(run_dir, start)
+
+    net = model
+    if dist.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+
+    reporter = Reporter(run_dir, dist, max_iter, start, progress, wandb)
+    log_period = max(1, int(sched.get("log_period", 20)))
+    clip = sched.get("clip_grad_norm")
+    params = [p for p in model.parameters() if p.requires_grad]
+    global_bs = int(sched["batch_size"])
+    timing = {"train_s": 0.0, "eval_s": 0.0, "train_images": 0}
+
+    def save(iteration: int) -> None:
+        rngs = [ckpt.rng_state()]
+        if dist.distributed:
+            rngs = [None] * dist.world_size
+            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+        if dist.main:
+            ckpt.save_checkpoint(ckpt.checkpoint_path(run_dir), {
+                "iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if amp else None, "rng": rngs,
+                "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+                "signature": signature,
+            })
+            if on_checkpoint is not None:
+                on_checkpoint(iteration)
+        _barrier(dist)
+
+    pending: list[tuple[int, float, torch.Tensor, float, float]] = []
+    names: list[str] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        stacked = torch.stack([p[2] for p in pending])
+        if dist.distributed:
+            torch.distributed.all_reduce(stacked)
+            stacked /= dist.world_size
+        values = stacked.tolist()  # the one host sync per log period
+        records = []
+        for (it, lr, _, dt, data_t), vals in zip(pending, values):
+            rec = {"iteration": it, "lr": lr, "time": dt, "data_time": data_t, "loss": sum(vals)}
+            rec.update(zip(names, vals))
+            records.append(rec)
+        pending.clear()
+        bad = [r for r in records if not math.isfinite(r["loss"])]
+        reporter.records(records)
+        if bad:
+            r = bad[0]
+            terms = ", ".join(f"{k}={r[k]}" for k in names)
+            raise FloatingPointError(f"the training loss became non-finite at iteration {r['iteration']} ({terms}); "
+                                     "lower schedule.base_lr or set schedule.clip_grad_norm")
+
+    reporter.log(f"{'resuming at' if start else 'starting'} iteration {start}/{max_iter} on {dist.device} "
+                 f"(world size {dist.world_size}, batch {global_bs}, lr {base_lr:g}, amp {amp})")
+    reporter.status(start, force=True)
+    model.train()
+    it = start
+    try:
+        with StopFlag() as stop:
+            if start < max_iter:
+                loader = iter(train_loader(cfg, train_ds, dist, start))
+                t_loop = time.perf_counter()
+                for it in range(start, max_iter):
+                    t0 = time.perf_counter()
+                    images, targets = next(loader)
+                    images, targets = _to_device(images, targets, dist.device)
+                    t1 = time.perf_counter()
+                    lr = base_lr * lr_factor(it, sched)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                        loss_dict = net(images, targets)
+                    if not names:
+                        names = list(loss_dict)
+                    losses = sum(loss_dict[k].float() for k in names)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(losses).backward()
+                    if clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, float(clip))
+                    scaler.step(optimizer)
+                    scaler.update()
+                    done = it + 1
+                    pending.append((done, lr, torch.stack([loss_dict[k].detach().float() for k in names]),
+                                    time.perf_counter() - t0, t1 - t0))
+                    reporter.advance(done)
+                    want_stop = stop.set
+                    if done % log_period == 0 or done == max_iter or (want_stop and not dist.distributed):
+                        flush()
+                        if dist.distributed:
+                            want_stop = _any_rank(want_stop, dist)
+                        reporter.status(done)
+                    if want_stop and (not dist.distributed or done % log_period == 0):
+                        save(done)
+                        timing["train_s"] += time.perf_counter() - t_loop
+                        reporter.status(done, force=True, state="requeued")
+                        reporter.log(f"stopped by signal {stop.signum} after iteration {done}; checkpoint saved")
+                        raise Requeue(done)
+                    if done % int(sched.get("checkpoint_period", 1000) or max_iter) == 0 and done < max_iter:
+                        save(done)
+                    eval_period = int(sched.get("eval_period", 0) or 0)
+                    if eval_period and done % eval_period == 0 and done < max_iter:
+                        t_eval = time.perf_counter()
+                        metrics = evaluate(model, cfg, dist)
+                        timing["eval_s"] += time.perf_counter() - t_eval
+                        _log_eval(reporter, run_dir, done, metrics)
+                flush()
+                timing["train_s"] += time.perf_counter() - t_loop
+                timing["train_images"] = (max_iter - start) * global_bs
+                save(max_iter)
+            it = max_iter
+            reporter.status(max_iter, force=True, phase="evaluating")
+            reporter.log("evaluating on the val split")
+            t_eval = time.perf_counter()
+            metrics = evaluate(model, cfg, dist)
+            timing["eval_s"] += time.perf_counter() - t_eval
+            _log_eval(reporter, run_dir, max_iter, metrics)
+    finally:
+        reporter.close()
+    if timing["train_s"] > 0:
+        timing["images_per_s"] = timing["train_images"] / timing["train_s"]
+    return {"metrics": metrics, "iteration": it, "max_iter": max_iter,
+            "wall_time_s": elapsed_before + (time.perf_counter() - t_start), "timing": timing}
+
+
+def _truncate_metrics(run_dir: Path, iteration: int) -> None:
+    """Drop metrics.jsonl lines past ``iteration``: after a hard kill, the iterations
+    since the last checkpoint are redone and must not be logged twice."""
+    import json
+
+    path = run_dir / runs.METRICS
+    if not path.exists():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by the kill
+                continue
+            if isinstance(rec, dict) and int(rec.get("iteration", 0)) <= iteration:
+                keep.append(line if line.endswith("\n") else line + "\n")
+    runs.atomic_write_text(path, "".join(keep))
+
+
+def _any_rank(flag: bool, dist: Dist) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _log_eval(reporter: Reporter, run_dir: Path, iteration: int, metrics: dict | None) -> None:
+    if not reporter.main or metrics is None:
+        return
+    runs.append_jsonl(run_dir / runs.METRICS, {"iteration": iteration, "eval": metrics})
+    for iou_type, vals in metrics.items():
+        reporter.log(f"{iou_type} @ {iteration}: " + " ".join(f"{k} {v:.2f}" for k, v in vals.items()))
+    if reporter.wandb is not None:
+        reporter.wandb.log({f"eval/{t}/{k}": v for t, vals in metrics.items() for k, v in vals.items()}, step=iteration)
