@@ -1,13 +1,38 @@
 from __future__ import annotations
 
-from typing import List, Optional
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 from bbrctl.cli import app
-from bbrctl.cli.common import OverridesArg
-from bbrctl.errors import NotBuiltError
 
 
-@app.command("status", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def status_command(args: Optional[List[str]] = OverridesArg) -> None:
-    """(not built yet) See the project's open issues."""
-    raise NotBuiltError("`bbrctl status` is not built yet")
+@app.command("status")
+def status_command(
+    sweep: Optional[str] = typer.Argument(None, help="Sweep name (under the runs root) or directory; all sweeps if left out."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    runs_root: Optional[Path] = typer.Option(None, "--runs-root", help="Where sweeps live (default $BBRCTL_RUNS_ROOT or runs/)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep watching until nothing is queued or running."),
+) -> None:
+    """Show every job's state (pending/running/done/failed/requeued), SLURM id, progress and AP."""
+    from bbrctl import status as S
+
+    root = runs_root or S.default_runs_root()
+    if sweep is None:
+        rows = S.render_overview(root, console=False if as_json else None)
+        if as_json:
+            typer.echo(json.dumps({"runs_root": str(root), "sweeps": rows}, indent=2))
+        return
+    sweep_dir = S.find_sweep_dir(sweep, root)
+    if follow:
+        from bbrctl.launch import follow as do_follow
+
+        do_follow(sweep_dir.name, sweep_dir, progress=not as_json)
+    jobs = S.sweep_jobs(sweep_dir)
+    if as_json:
+        typer.echo(json.dumps({"sweep": sweep_dir.name, "dir": str(sweep_dir), "counts": S.counts(jobs),
+                               "jobs": [j.to_dict() for j in jobs]}, indent=2))
+    else:
+        S.render_table(sweep_dir.name, jobs)

@@ -1,13 +1,100 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import List, Optional
 
+import typer
+
 from bbrctl.cli import app
-from bbrctl.cli.common import OverridesArg
-from bbrctl.errors import NotBuiltError
+from bbrctl.cli.common import ConfigDirOpt, OverridesArg, as_list
 
 
-@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sweep_command(args: Optional[List[str]] = OverridesArg) -> None:
-    """(not built yet) See the project's open issues."""
-    raise NotBuiltError("`bbrctl sweep` is not built yet")
+@app.command("sweep")
+def sweep_command(
+    overrides: Optional[List[str]] = OverridesArg,
+    config_dir: Optional[List[str]] = ConfigDirOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs (and what would be launched); create and submit nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the job list as JSON."),
+    wait: bool = typer.Option(False, "--wait", help="Block until every job has finished, with a progress view."),
+    name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to runs/<name>/ (default: the preset's sweep.name, else the swept keys)."),
+    cancel: Optional[str] = typer.Option(None, "--cancel", metavar="SWEEP", help="Cancel what is queued or running for SWEEP (name or directory)."),
+    runs_root: Optional[Path] = typer.Option(None, "--runs-root", help="With --cancel: where sweeps live (default $BBRCTL_RUNS_ROOT or runs/)."),
+) -> None:
+    """Run a Hydra sweep: one job per combination, locally or as one SLURM job array.
+
+    Sweeps use Hydra's grammar: gamma=0.25,0.5,1,2  seed=range(0,3)  loss=choice(eiou,giou)  loss=glob(focal_*).
+
+    The paper's ablations are presets: +experiment=table1|table2|table3|fig9a|fig9b|fig9c.
+
+    Done jobs are skipped, failed ones relaunched, queued or running ones left alone. launcher=local (default) or launcher=slurm.
+    """
+    from bbrctl.errors import UserError
+
+    if cancel is not None:
+        if overrides or dry_run or wait:
+            raise UserError("--cancel SWEEP takes no overrides, --dry-run or --wait")
+        from bbrctl.launch import cancel as do_cancel
+        from bbrctl.status import default_runs_root
+
+        out = do_cancel(cancel, runs_root or default_runs_root())
+        if as_json:
+            typer.echo(json.dumps(out, indent=2))
+        else:
+            parts = []
+            if out["slurm_cancelled"]:
+                parts.append(f"scancel {' '.join(out['slurm_cancelled'])}")
+            if out["local_stopped"]:
+                parts.append(f"stopped local pid(s) {' '.join(map(str, out['local_stopped']))} (jobs checkpoint and stop)")
+            typer.echo(f"sweep {out['sweep']}: " + ("; ".join(parts) if parts else "nothing queued or running"))
+            for e in out["errors"]:
+                typer.echo(f"bbrctl: warning: {e}", err=True)
+        raise typer.Exit(1 if out["errors"] else 0)
+
+    from bbrctl import launch as L
+    from bbrctl.sweep import expand
+
+    plan = expand(as_list(overrides), as_list(config_dir), name=name)
+    if dry_run:
+        L.check_launcher(plan)
+        result = L.LaunchResult(plan, L.decide(plan))
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            _print_plan(result)
+        return
+
+    result = L.launch(plan, wait=wait, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    elif not wait:
+        typer.echo(result.message)
+    if wait:
+        final = result.waited
+        if not as_json:
+            typer.echo(f"sweep {plan.name}: " + ", ".join(f"{v} {k}" for k, v in final.items() if v))
+        unfinished = sum(v for k, v in final.items() if k != "done")
+        if unfinished:
+            typer.echo(f"bbrctl: {unfinished} job(s) did not finish; see `bbrctl status {plan.name}`", err=True)
+            raise typer.Exit(1)
+
+
+def _print_plan(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    plan = result.plan
+    launch_n = len(result.to_launch)
+    title = (f"sweep {plan.name} ({plan.launcher.get('name')}): {len(plan.jobs)} job(s)"
+             + (f", {plan.duplicates} duplicate(s) merged" if plan.duplicates else "")
+             + f" — would launch {launch_n}, skip {len(plan.jobs) - launch_n}")
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "run directory", "state", "action", "overrides"):
+        table.add_column(col, overflow="fold")
+    for i, d in enumerate(result.decisions):
+        table.add_row(str(i), str(d.run_dir.relative_to(plan.runs_root.parent)) if plan.runs_root.parent in d.run_dir.parents else str(d.run_dir),
+                      d.state, d.action + (f" ({d.reason})" if d.reason and d.reason != d.action else ""),
+                      " ".join(d.overrides))
+    console = Console(width=200)
+    console.print(table)
+    console.print(f"dry run: nothing created or submitted; runs would go to {plan.sweep_dir}")

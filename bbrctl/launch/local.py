@@ -1,0 +1,267 @@
+"""Run a sweep's jobs on this machine: `bbrctl train --run-dir D` subprocesses.
+
+At most ``max_parallel`` run at once. When GPUs are visible each job gets its own
+``gpus_per_job`` of them through CUDA_VISIBLE_DEVICES (several GPUs per job run under
+torchrun for DDP); without GPUs, jobs run on the CPU.
+
+The supervisor either runs in the foreground (`bbrctl sweep --wait`, with a progress view)
+or as a detached process (``python -m bbrctl.launch.local PLAN``, own session, logging to
+the sweep's sweep.log) that `bbrctl status` follows and `bbrctl sweep --cancel` stops.
+On SIGTERM/SIGINT it stops starting jobs and passes SIGTERM to the running ones, which
+checkpoint and exit 75 ("requeued"; a re-run of the sweep resumes them).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bbrctl.errors import UserError
+
+EXIT_REQUEUE = 75
+STDOUT_LOG = "stdout.log"        # the train process's stdout+stderr, in its run directory
+RUN_LOCK = ".launch.lock"        # held by the supervisor while a job of it runs
+_GRACE_S = 120.0                 # after SIGTERM, how long jobs get to checkpoint
+
+
+# --------------------------------------------------------------------------- settings
+
+def detect_gpus() -> list[str]:
+    """Visible GPU ids, without importing torch: CUDA_VISIBLE_DEVICES, else nvidia-smi."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+
+
+@dataclass
+class LocalSettings:
+    max_parallel: int
+    gpus_per_job: int
+    gpu_groups: list[list[str]] = field(default_factory=list)   # one entry per GPU slot; [] on CPU
+    hide_gpus: bool = False      # gpus_per_job: 0 on a GPU machine: the jobs must not see them
+
+
+def settings(launcher: dict, gpus: Sequence[str] | None = None) -> LocalSettings:
+    """Check launcher.* for the local launcher and work out the job slots."""
+    gpj = launcher.get("gpus_per_job", 1)
+    if isinstance(gpj, bool) or not isinstance(gpj, int) or gpj < 0:
+        raise UserError(f"launcher.gpus_per_job must be an integer >= 0, got {gpj!r}")
+    mp = launcher.get("max_parallel", "auto")
+    if not (mp in (None, "auto") or (isinstance(mp, int) and not isinstance(mp, bool) and mp >= 1)):
+        raise UserError(f"launcher.max_parallel must be an integer >= 1 or 'auto', got {mp!r}")
+    gpus = list(detect_gpus() if gpus is None else gpus)
+    groups: list[list[str]] = []
+    if gpj > 0 and gpus:
+        if gpj > len(gpus):
+            raise UserError(f"launcher.gpus_per_job={gpj} but only {len(gpus)} GPU(s) are visible "
+                            f"({','.join(gpus)}); use launcher.gpus_per_job<={len(gpus)}")
+        groups = [gpus[i:i + gpj] for i in range(0, len(gpus) - gpj + 1, gpj)]
+    slots = len(groups) if groups else 1
+    if mp in (None, "auto"):
+        mp = slots
+    elif groups:
+        mp = min(mp, slots)    # never two jobs on one GPU slot
+    return LocalSettings(max_parallel=int(mp), gpus_per_job=gpj if groups else 0, gpu_groups=groups,
+                         hide_gpus=gpj == 0 and bool(gpus))
+
+
+def train_command(run_dir: str | os.PathLike, gpus_per_job: int) -> list[str]:
+    if gpus_per_job > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus_per_job}",
+                "-m", "bbrctl", "train", "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "bbrctl", "train", "--run-dir", str(run_dir)]
+
+
+# --------------------------------------------------------------------------- supervisor
+
+@dataclass
+class _Running:
+    run_dir: Path
+    proc: subprocess.Popen
+    slot: int
+    lock_fd: int
+    started: float
+
+
+class Supervisor:
+    """Runs ``run_dirs`` with at most ``max_parallel`` at a time; returns {run_dir: exit code}."""
+
+    def __init__(self, run_dirs: Sequence[str | os.PathLike], cfg: LocalSettings,
+                 log: Callable[[str], None] | None = None,
+                 command: Callable[[Path, int], list[str]] | None = None):
+        self.queue = [Path(d) for d in run_dirs]
+        self.cfg = cfg
+        self.command = command or train_command
+        self.log = log or (lambda msg: None)
+        self.running: list[_Running] = []
+        self.codes: dict[str, int | None] = {}
+        self.stopping = False
+
+    def request_stop(self, *_: object) -> None:
+        if not self.stopping:
+            self.log("stop requested: no new jobs; asking running jobs to checkpoint")
+        self.stopping = True
+        for r in self.running:
+            _signal(r.proc, signal.SIGTERM)
+
+    def run(self, tick: Callable[[], None] | None = None, poll_s: float = 0.5) -> dict[str, int | None]:
+        stop_deadline = None
+        while self.queue or self.running:
+            while not self.stopping and self.queue and len(self.running) < self.cfg.max_parallel:
+                self._start(self.queue.pop(0))
+            for r in list(self.running):
+                rc = r.proc.poll()
+                if rc is not None:
+                    self._finish(r, rc)
+            if self.stopping:
+                self.queue.clear()
+                if stop_deadline is None:
+                    stop_deadline = time.monotonic() + _GRACE_S
+                elif time.monotonic() > stop_deadline:
+                    for r in self.running:
+                        _signal(r.proc, signal.SIGKILL)
+            if tick:
+                tick()
+            if self.running or self.queue:
+                time.sleep(poll_s)
+        return self.codes
+
+    def _free_slot(self) -> int:
+        used = {r.slot for r in self.running}
+        return next(i for i in range(max(len(self.cfg.gpu_groups), self.cfg.max_parallel)) if i not in used)
+
+    def _start(self, run_dir: Path) -> None:
+        from bbrctl.runs import read_status
+
+        if read_status(run_dir).get("state") == "done":
+            self.log(f"skip {run_dir.name}: already done")
+            self.codes[str(run_dir)] = 0
+            return
+        # The lock makes two supervisors (two `bbrctl sweep` runs) never train one run dir at once.
+        fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self.log(f"skip {run_dir.name}: another launcher is running it")
+            self.codes[str(run_dir)] = None
+            return
+        slot = self._free_slot()
+        env = dict(os.environ)
+        env["BBRCTL_LAUNCHER"] = "local"
+        if self.cfg.gpu_groups:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.cfg.gpu_groups[slot])
+        elif self.cfg.hide_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        cmd = self.command(run_dir, self.cfg.gpus_per_job)
+        with open(run_dir / STDOUT_LOG, "ab") as out:
+            # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which
+            # turns it into SIGTERM (checkpoint, exit 75) instead of killing jobs mid-step.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, close_fds=True, start_new_session=True)
+        self.running.append(_Running(run_dir, proc, slot, fd, time.time()))
+        gpu_note = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self.cfg.gpu_groups else ""
+        self.log(f"start {run_dir.name} (pid {proc.pid}){gpu_note}")
+
+    def _finish(self, r: _Running, rc: int) -> None:
+        self.running.remove(r)
+        try:
+            fcntl.flock(r.lock_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(r.lock_fd)
+        self.codes[str(r.run_dir)] = rc
+        took = time.time() - r.started
+        if rc == 0:
+            self.log(f"done {r.run_dir.name} in {took:.0f}s")
+        elif rc == EXIT_REQUEUE:
+            self.log(f"stopped {r.run_dir.name} after {took:.0f}s (checkpointed; re-run the sweep to resume)")
+        else:
+            self.log(f"FAILED {r.run_dir.name} (exit {rc}); see {r.run_dir / STDOUT_LOG}")
+            record_crash(r.run_dir, rc)
+
+
+def record_crash(run_dir: Path, rc: int) -> None:
+    """A train that died without results.json (killed, crashed on import) gets one, so
+    status and report see a failure instead of a run that is forever "running"."""
+    from bbrctl.runs import RESULTS, atomic_write_json, read_job, read_json
+
+    if isinstance(read_json(run_dir / RESULTS), dict):
+        return
+    job = read_job(run_dir) or {}
+    atomic_write_json(run_dir / RESULTS, {
+        "status": "failed", "metrics": {}, "iteration": None, "max_iter": None, "wall_time_s": None,
+        "signature": job.get("signature"),
+        "error": f"train exited with code {rc} without writing results; see {STDOUT_LOG}",
+    })
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a job (torchrun passes TERM on to its workers)."""
+    try:
+        proc.send_signal(sig)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+# --------------------------------------------------------------------------- detached mode
+
+def write_plan(path: Path, run_dirs: Sequence[Path], cfg: LocalSettings, sweep_dir: Path) -> None:
+    from bbrctl.runs import atomic_write_json
+
+    atomic_write_json(path, {"run_dirs": [str(d) for d in run_dirs], "max_parallel": cfg.max_parallel,
+                             "gpus_per_job": cfg.gpus_per_job, "gpu_groups": cfg.gpu_groups,
+                             "hide_gpus": cfg.hide_gpus,
+                             "sweep_dir": str(sweep_dir)})
+
+
+def spawn_detached(plan_path: Path, log_path: Path) -> subprocess.Popen:
+    """Start ``python -m bbrctl.launch.local PLAN`` in its own session, logging to log_path."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "bbrctl.launch.local", str(plan_path)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+
+
+def _main(argv: Sequence[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m bbrctl.launch.local PLAN.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as f:
+        plan = json.load(f)
+    cfg = LocalSettings(max_parallel=plan["max_parallel"], gpus_per_job=plan["gpus_per_job"],
+                        gpu_groups=plan.get("gpu_groups") or [], hide_gpus=bool(plan.get("hide_gpus")))
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+
+    sup = Supervisor(plan["run_dirs"], cfg, log)
+    signal.signal(signal.SIGTERM, sup.request_stop)
+    signal.signal(signal.SIGINT, sup.request_stop)
+    log(f"supervising {len(sup.queue)} job(s), {cfg.max_parallel} at a time")
+    codes = sup.run()
+    failed = sum(1 for c in codes.values() if c not in (0, None, EXIT_REQUEUE))
+    log(f"finished: {sum(1 for c in codes.values() if c == 0)} done, {failed} failed, "
+        f"{sum(1 for c in codes.values() if c == EXIT_REQUEUE)} stopped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,234 @@
+"""Submit a sweep as one SLURM job array, and ask SLURM what became of it.
+
+The batch script is rendered from a user-editable Jinja2 template (slurm/array.sbatch.j2).
+No override value ever reaches it: each array task reads its run directory from a task
+list written beside the script (line ``SLURM_ARRAY_TASK_ID + 1``) and runs
+``python -m bbrctl train --run-dir <that dir>``. Launcher values become #SBATCH directives
+only after a strict check (no spaces, quotes or newlines), and everything that lands in
+shell code goes through the ``q`` filter (shlex.quote). ``launcher.setup`` lines are the one
+exception by design: they are the user's own shell (module loads, environment activation).
+
+All commands are run as argument lists, never through a shell.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from bbrctl.errors import UserError
+
+# States in which a job still has (or will have) a process: it must not be launched again.
+ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+
+_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:@+%/=\[\]-]+$")
+_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
+_MEM = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
+_EXTRA = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[^\s'\"`$\\;|&<>]+|\s+[^\s'\"`$\\;|&<>]+)?$")
+
+
+def template_dir() -> Path:
+    """The shipped templates: bbrctl/slurm in a wheel, slurm/ in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "slurm", here.parent / "slurm"):
+        if (cand / "array.sbatch.j2").is_file():
+            return cand
+    raise RuntimeError(f"bbrctl's SLURM templates are missing (looked in {here / 'slurm'} and {here.parent / 'slurm'})")
+
+
+def check_settings(launcher: dict) -> dict:
+    """launcher.* for SLURM, checked; a UserError names the bad key and what is valid."""
+    s = dict(launcher)
+
+    def opt_directive(key: str) -> None:
+        v = s.get(key)
+        if v is None:
+            return
+        if not isinstance(v, (str, int)) or isinstance(v, bool) or not _DIRECTIVE.match(str(v)):
+            raise UserError(f"launcher.{key}={v!r} is not a valid #SBATCH value "
+                            "(letters, digits and _ . , : @ + % / = [ ] - only)")
+        s[key] = str(v)
+
+    for key in ("partition", "account", "qos"):
+        opt_directive(key)
+    t = s.get("time")
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, (str, int)) or not _TIME.match(str(t)):
+            raise UserError(f"launcher.time={t!r} is not a SLURM time limit; valid forms: MM, HH:MM:SS, D-HH:MM:SS")
+        s["time"] = str(t)
+    m = s.get("mem")
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, (str, int)) or not _MEM.match(str(m)):
+            raise UserError(f"launcher.mem={m!r} is not a SLURM memory size; valid: e.g. 16000, 32G, 500M")
+        s["mem"] = str(m)
+    for key, low in (("gpus_per_job", 0), ("cpus_per_task", 1), ("max_parallel", 1), ("signal_seconds", 0)):
+        v = s.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise UserError(f"launcher.{key} must be an integer >= {low}, got {v!r}")
+    extra = s.get("extra_sbatch") or []
+    if not isinstance(extra, list):
+        raise UserError(f"launcher.extra_sbatch must be a list of directives like \"--constraint=a100\", got {extra!r}")
+    cleaned = []
+    for line in extra:
+        text = str(line).strip()
+        if text.startswith("#SBATCH"):
+            text = text[len("#SBATCH"):].strip()
+        if not _EXTRA.match(text):
+            raise UserError(f"launcher.extra_sbatch entry {line!r} is not one #SBATCH option "
+                            "(like --constraint=a100; no quotes, spaces in values or shell characters)")
+        cleaned.append(text)
+    s["extra_sbatch"] = cleaned
+    setup = s.get("setup") or []
+    if not isinstance(setup, list) or any(not isinstance(x, str) or "\0" in x for x in setup):
+        raise UserError(f"launcher.setup must be a list of shell lines, got {setup!r}")
+    s["setup"] = list(setup)
+    py = s.get("python")
+    if py is not None and (not isinstance(py, str) or not py or "\n" in py or "\0" in py):
+        raise UserError(f"launcher.python must be the path of a Python interpreter, got {py!r}")
+    tmpl = s.get("template") or "array.sbatch.j2"
+    if not isinstance(tmpl, str):
+        raise UserError(f"launcher.template must be a file name or path, got {tmpl!r}")
+    s["template"] = tmpl
+    return s
+
+
+def resolve_template(name: str) -> Path:
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p.resolve()
+    if "/" not in name:
+        cand = template_dir() / name
+        if cand.is_file():
+            return cand
+    shipped = ", ".join(sorted(x.name for x in template_dir().glob("*.j2")))
+    raise UserError(f"launcher.template {name!r} not found; give a path to your template or one of: {shipped}")
+
+
+def render(settings: dict, *, sweep_name: str, tasks_file: Path, n_tasks: int) -> str:
+    """The batch script for one array. Only checked values and quoted strings go in."""
+    import jinja2
+
+    path = resolve_template(settings["template"])
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+                             autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["q"] = lambda v: shlex.quote(str(v))
+    try:
+        tmpl = env.get_template(path.name)
+        return tmpl.render(
+            job_name=f"bbrctl-{sweep_name}", sweep_name=sweep_name, template=str(path),
+            partition=settings.get("partition"), account=settings.get("account"), qos=settings.get("qos"),
+            time=settings.get("time"), mem=settings.get("mem"), gpus_per_job=settings["gpus_per_job"],
+            cpus_per_task=settings["cpus_per_task"], signal_seconds=settings["signal_seconds"],
+            extra_sbatch=settings["extra_sbatch"], setup=settings["setup"],
+            python=settings.get("python") or sys.executable, tasks_file=str(tasks_file), n_tasks=n_tasks,
+        )
+    except jinja2.TemplateError as e:
+        raise UserError(f"SLURM template {str(path)!r} does not render: {type(e).__name__}: {e}") from None
+
+
+def sbatch_argv(script: Path, n_tasks: int, max_parallel: int, log_dir: Path, job_name: str) -> list[str]:
+    # Paths go on the command line, not in #SBATCH lines, so spaces in them are harmless.
+    return ["sbatch", "--parsable", f"--array=0-{n_tasks - 1}%{max_parallel}", f"--job-name={job_name}",
+            f"--output={log_dir}/%A_%a.out", f"--error={log_dir}/%A_%a.out", str(script)]
+
+
+def test_submit(argv: Sequence[str], script_text: str, cwd: Path | None = None) -> None:
+    """``sbatch --test-only`` with the script on stdin: the cluster checks partition, account,
+    QoS, time and resources before anything is created. A refusal is the user's to fix."""
+    test_argv = [argv[0], "--test-only", *[a for a in argv[1:-1] if a != "--parsable"]]
+    try:
+        out = subprocess.run(test_argv, input=script_text, capture_output=True, text=True, cwd=cwd, timeout=120)
+    except subprocess.TimeoutExpired:
+        return                          # a slow controller: let the real submission speak
+    if out.returncode != 0:
+        msg = " ".join((out.stderr or out.stdout).split())
+        raise UserError(f"SLURM would refuse this job array: {msg}")
+
+
+def require_slurm() -> None:
+    missing = [c for c in ("sbatch", "squeue", "scontrol") if not shutil.which(c)]
+    if missing:
+        raise UserError(f"launcher=slurm needs SLURM's {', '.join(missing)} on PATH; use launcher=local here")
+
+
+def submit(argv: Sequence[str], cwd: Path | None = None) -> str:
+    """Run sbatch; return the array's job id. A refusal is reported with sbatch's own words."""
+    out = subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd, timeout=120)
+    if out.returncode != 0:
+        msg = " ".join((out.stderr or out.stdout).split())
+        raise UserError(f"sbatch refused the job array: {msg}")
+    job_id = out.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise RuntimeError(f"unexpected sbatch output: {out.stdout!r}")
+    return job_id
+
+
+def squeue(array_ids: Sequence[str] | None = None) -> dict[str, str] | None:
+    """{"<array>_<task>": STATE} for this user's queued/running jobs; None if SLURM is unreachable."""
+    if not shutil.which("squeue"):
+        return None
+    argv = ["squeue", "--noheader", "--array", "--format=%i|%T", f"--user={getpass.getuser()}"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    wanted = {str(a) for a in array_ids} if array_ids is not None else None
+    states: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if not jid:
+            continue
+        if wanted is not None and jid.split("_")[0] not in wanted:
+            continue
+        states[jid] = state
+    return states
+
+
+def sacct(array_ids: Sequence[str]) -> dict[str, str]:
+    """Final states from accounting, best effort: {} where sacct is missing or disabled."""
+    if not array_ids or not shutil.which("sacct"):
+        return {}
+    try:
+        out = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
+                              f"--jobs={','.join(array_ids)}"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode != 0:
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        if jid:
+            states[jid.strip()] = state.split()[0] if state.split() else state
+    return states
+
+
+def cancel(array_ids: Sequence[str]) -> tuple[bool, str]:
+    if not array_ids:
+        return True, ""
+    out = subprocess.run(["scancel", *array_ids], capture_output=True, text=True, timeout=60)
+    return out.returncode == 0, " ".join((out.stderr or "").split())
+
+
+def write_tasks(path: Path, run_dirs: Sequence[Path]) -> None:
+    from bbrctl.runs import atomic_write_text
+
+    for d in run_dirs:
+        if "\n" in str(d) or "\r" in str(d):
+            raise UserError(f"run directory {str(d)!r} contains a line break; choose another runs_root")
+    atomic_write_text(path, "".join(f"{d}\n" for d in run_dirs))
+
+
+def describe(settings: dict) -> dict[str, Any]:
+    return {k: settings.get(k) for k in ("partition", "account", "qos", "time", "gpus_per_job", "cpus_per_task",
+                                         "mem", "max_parallel", "signal_seconds", "template")}
+
