@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -23,19 +22,7 @@ TINY = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", "launcher=
 ITERS = 200
 
 
-def cli(args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "bbrctl", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def wait_until(pred, timeout, every=1.0):
-    t = time.time()
-    while time.time() - t < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    return None
+cli = run_cli
 
 
 def squeue_ids() -> dict[str, str]:

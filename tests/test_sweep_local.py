@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -14,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, wait_until
 
 from bbrctl.errors import UserError
 from bbrctl.launch import local
@@ -132,18 +131,7 @@ TINY = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", f"schedule
         "schedule.checkpoint_period=5"]
 
 
-def cli(args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "bbrctl", *args], cwd=cwd, capture_output=True, text=True, **kw)
-
-
-def wait_until(pred, timeout, every=1.0):
-    t = time.time()
-    while time.time() - t < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    return None
+cli = run_cli
 
 
 @pytest.mark.slow

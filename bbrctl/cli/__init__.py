@@ -17,6 +17,9 @@ app = typer.Typer(
     help="Bounding-box-regression loss experiments (Focal-EIoU): configs, sweeps, SLURM, reports, simulations.",
     no_args_is_help=True,
     add_completion=False,
+    # Markdown: docstring paragraphs are re-flowed to the terminal width (the default keeps
+    # the source's line breaks, which wrap badly on narrow terminals).
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -23,7 +23,7 @@ def train_command(
     """Train one detector with a BBR loss, then evaluate it (COCO AP).
 
     With overrides (e.g. `loss=eiou model=fcos`) the job runs in
-    runs/train/<model>-<backbone>-<loss>-<signature>/; with --run-dir it runs the job a
+    `runs/train/<model>-<backbone>-<loss>-<signature>/`; with --run-dir it runs the job a
     sweep prepared there. A directory holding a checkpoint resumes; a finished one is
     not re-run. Exit codes: 0 done, 1 training failed, 2 bad input, 75 stopped by
     SIGTERM/SIGUSR1 with a checkpoint (requeue). Multi-GPU: `torchrun --nproc-per-node N
