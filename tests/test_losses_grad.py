@@ -161,3 +161,24 @@ def test_no_grad_and_detached_inputs():
         v = L.focal_eiou_loss(p.clone().requires_grad_(), t)
     assert not v.requires_grad
     assert not L.eiou_loss(p, t).requires_grad
+
+
+@pytest.mark.parametrize("kind", B.KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_cpu_blocks_give_the_same_values_and_gradients(monkeypatch, kind, dtype):
+    # Large CPU batches run in cache-sized blocks; the result must not depend on the split
+    # (here 1000-pair blocks with a ragged last block, against one block).
+    p, t = anything(n=2500, seed=3)
+    p, t = p.to(dtype), t.to(dtype)
+    fn = L.loss_function(kind)
+    out = {}
+    for block in (10 ** 9, 1000):
+        monkeypatch.setattr(B, "CPU_BLOCK", block)
+        x = p.clone().requires_grad_()
+        per_pair = fn(x, t, reduction="none")
+        (per_pair * torch.linspace(0.5, 2.0, len(p), dtype=dtype)).sum().backward()
+        out[block] = (per_pair.detach(), x.grad)
+    # Equal up to the last ulp: vectorised and scalar tails of atan2 (CIoU) may round apart.
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(out[1000][0], out[10 ** 9][0], **tol)
+    torch.testing.assert_close(out[1000][1], out[10 ** 9][1], **tol)

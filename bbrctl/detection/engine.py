@@ -522,6 +522,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
             metrics = evaluate(model, cfg, dist)
             timing["eval_s"] += time.perf_counter() - t_eval
             _log_eval(reporter, run_dir, max_iter, metrics)
+            # Ranks > 0 wait here while rank 0 computes the metrics: one that tore its
+            # process group down meanwhile sometimes aborted in gloo's destructor
+            # ("terminate called without an active exception", exit -6), failing the run.
+            _barrier(dist)
     finally:
         reporter.close()
     if timing["train_s"] > 0:

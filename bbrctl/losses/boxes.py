@@ -41,6 +41,7 @@ Speed: the five base losses run as one ``torch.autograd.Function``: one elementw
 pass over a (2, 2, 2, N) layout [target, pred] x [corner] x [x, y] that yields the loss,
 the IoU and the per-pair Jacobian d loss_i / d pred_i (hand-derived); the backward is one
 multiply. No boolean indexing and no reductions, so no host syncs on CUDA.
+On the CPU, large batches run in blocks of ``CPU_BLOCK`` pairs that stay in the cache.
 At ties (a pred edge on a target edge) the gradient of min/max is split evenly, as
 autograd does for torch.minimum/maximum; for identical boxes the gradient is O(eps).
 Gradients w.r.t. ``target`` come from the plain-autograd implementation, used
@@ -205,6 +206,32 @@ def _fused(t, kind: str, eps: float, gate, want_jac: bool):
     return loss, iou, jac
 
 
+# Pairs per block on the CPU: the ~30 temporaries of one block stay in the cache instead
+# of streaming through memory once per elementwise op. At N = 1e6 on the 2-core
+# development machine, EIoU forward + backward took 45 ms in one block and 25 ms in
+# blocks of 65,536 with 1 thread (41 -> 17 ms with 2); 8,192 was slower again (Python
+# overhead per block). GPUs take one block.
+CPU_BLOCK = 65536
+
+
+def _fused_blocks(pred, target, dtype, kind: str, eps: float, gate, want_jac: bool):
+    """``_fused`` over the whole batch, in cache-sized blocks of pairs on the CPU."""
+    n = pred.shape[0]
+    if pred.device.type != "cpu" or n <= CPU_BLOCK:
+        return _fused(_layout(pred, target, dtype), kind, eps, gate, want_jac)
+    loss = torch.empty(n, dtype=dtype)
+    iou = torch.empty(n, dtype=dtype)
+    jac = torch.empty((2, 2, n), dtype=dtype) if want_jac else None
+    for s in range(0, n, CPU_BLOCK):
+        e = min(s + CPU_BLOCK, n)
+        lb, ib, jb = _fused(_layout(pred[s:e], target[s:e], dtype), kind, eps, gate, want_jac)
+        loss[s:e] = lb
+        iou[s:e] = ib
+        if want_jac:
+            jac[:, :, s:e] = jb
+    return loss, iou, jac
+
+
 class _FusedBoxLoss(torch.autograd.Function):
     """Per-pair loss (and detached IoU) of one of KINDS; gradient for ``pred`` only."""
 
@@ -215,7 +242,7 @@ class _FusedBoxLoss(torch.autograd.Function):
         dtype = _common.compute_dtype(pred, target)
         want_jac = bool(grad_enabled and ctx.needs_input_grad[0])
         with torch.no_grad():
-            loss, iou, jac = _fused(_layout(pred, target, dtype), kind, eps, gate, want_jac)
+            loss, iou, jac = _fused_blocks(pred, target, dtype, kind, eps, gate, want_jac)
         # Kept on ctx (not freed after use) so backward can run again under retain_graph.
         ctx.jac, ctx.pred_dtype = jac, pred.dtype
         ctx.mark_non_differentiable(iou)
