@@ -28,7 +28,7 @@ FAKE_JOB = textwrap.dedent("""\
     while time.time() - t0 < float(os.environ.get("FAKE_S", "0.6")) and not stop:
         time.sleep(0.02)
     rec = {"start": t0, "end": time.time(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
-           "launcher": os.environ.get("BBRCTL_LAUNCHER")}
+           "launcher": os.environ.get("BBRCTL_LAUNCHER"), "omp": os.environ.get("OMP_NUM_THREADS")}
     open(os.path.join(run_dir, "rec.json"), "w").write(json.dumps(rec))
     if stop:
         sys.exit(75)
@@ -90,6 +90,23 @@ def test_supervisor_caps_parallelism_and_gives_each_job_its_own_gpus(tmp_path):
     assert any(b["start"] < a["end"] and a["start"] < b["end"] for a in recs for b in recs if a is not b)
 
 
+def test_parallel_cpu_jobs_split_the_cores(tmp_path, monkeypatch):
+    cpu2 = local.settings({"max_parallel": 2, "gpus_per_job": 0}, gpus=[])
+    assert local.cpu_threads_per_job(cpu2, environ={}, cores=8) == 4
+    assert local.cpu_threads_per_job(cpu2, environ={}, cores=1) == 1
+    assert local.cpu_threads_per_job(cpu2, environ={"OMP_NUM_THREADS": "3"}, cores=8) is None   # the user's
+    cpu1 = local.settings({"max_parallel": 1, "gpus_per_job": 0}, gpus=[])
+    assert local.cpu_threads_per_job(cpu1, environ={}, cores=8) is None                          # all cores
+    gpus = local.settings({"max_parallel": 2, "gpus_per_job": 1}, gpus=["0", "1"])
+    assert local.cpu_threads_per_job(gpus, environ={}, cores=8) is None
+    # And the jobs see it.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    dirs = make_dirs(tmp_path, 2)
+    assert all(c == 0 for c in local.Supervisor(dirs, cpu2, command=fake_command).run(poll_s=0.05).values())
+    want = str(local.cpu_threads_per_job(cpu2, environ={}))
+    assert {json.loads((d / "rec.json").read_text())["omp"] for d in dirs} == {want}
+
+
 def test_supervisor_records_crashes_and_skips_done_and_locked_jobs(tmp_path):
     import fcntl
 
@@ -125,8 +142,8 @@ def test_supervisor_stop_asks_jobs_to_checkpoint(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- real training jobs
 
 # Long enough (several seconds on any machine) that the test sees the jobs running and can
-# stop them mid-run; 6 iterations finished before the first status poll on an idle machine.
-ITERS = 200
+# stop them mid-run (6 iterations finished before the first status poll on an idle machine).
+ITERS = 300
 TINY = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", f"schedule.max_iter={ITERS}",
         "schedule.checkpoint_period=5"]
 
@@ -152,10 +169,11 @@ def test_local_sweep_background_cancel_resume_and_rerun(tmp_path):
         return json.loads(r.stdout)
 
     # Both start; once each has a checkpoint, cancel: they checkpoint and stop (exit 75).
+    # (status.json's iteration is refreshed only every few seconds: the first checkpoint,
+    # at iteration 5, is the sign that a job is under way.)
     def both_checkpointed():
         jobs = status()["jobs"]
-        return all(j["state"] == "running" and (j["iteration"] or 0) >= 1 and
-                   any((Path(j["dir"]) / "checkpoints").glob("*.pt")) for j in jobs)
+        return all(j["state"] == "running" and any((Path(j["dir"]) / "checkpoints").glob("*.pt")) for j in jobs)
     assert wait_until(both_checkpointed, 300, every=0.2), status()
     # A second launch while they run launches nothing.
     again = cli(args, tmp_path, timeout=120)

@@ -101,6 +101,22 @@ class _Running:
     started: float
 
 
+def cpu_threads_per_job(cfg: LocalSettings, environ=None, cores: int | None = None) -> int | None:
+    """OMP_NUM_THREADS for each job when several train on the CPU at once, else None.
+
+    Each torch process starts one OpenMP thread per core, and idle OpenMP threads spin
+    while they wait for a core another process holds: two 2-thread jobs on 2 cores ran
+    several times slower than one after the other. Splitting the cores avoids that. A
+    user's own OMP_NUM_THREADS is left alone.
+    """
+    environ = os.environ if environ is None else environ
+    if cfg.gpu_groups or cfg.max_parallel <= 1 or "OMP_NUM_THREADS" in environ:
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // cfg.max_parallel)
+
+
 class Supervisor:
     """Runs ``run_dirs`` with at most ``max_parallel`` at a time; returns {run_dir: exit code}."""
 
@@ -171,6 +187,9 @@ class Supervisor:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.cfg.gpu_groups[slot])
         elif self.cfg.hide_gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""
+        threads = cpu_threads_per_job(self.cfg)
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         cmd = self.command(run_dir, self.cfg.gpus_per_job)
         with open(run_dir / STDOUT_LOG, "ab") as out:
             # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which
