@@ -336,3 +336,11 @@ def test_cuda_matches_cpu():  # pragma: no cover - no GPU on the CI runners
     gpu = E.simulate(cfg, "cuda")
     for name in cfg.losses:
         assert gpu[name].error[-1] == pytest.approx(cpu[name].error[-1], rel=1e-6)
+
+
+def test_engine_chunks_are_loss_blocks():
+    # One chunk of pairs must be one CPU block of the fused loss (no ragged second block).
+    from bbrctl.losses import boxes
+    from bbrctl.simulate import engine
+
+    assert engine.CPU_CHUNK == boxes.CPU_BLOCK

@@ -189,6 +189,8 @@ def loss_grad(loss_fn, b, tg_xyxy, *, weighted: bool, n_total: int):
     return g.t()
 
 
+# Equal to bbrctl.losses.boxes.CPU_BLOCK (not imported: this module defers torch), so one
+# chunk of pairs is one block of the loss.
 CPU_CHUNK = 65536
 
 
