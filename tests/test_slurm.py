@@ -101,7 +101,7 @@ FAKE_TRAIN = textwrap.dedent("""\
         note(signal=signal.Signals(signum).name)
     signal.signal(signal.SIGUSR1, handler)
     signal.signal(signal.SIGTERM, handler)
-    note(argv=sys.argv[1:], pid=os.getpid())
+    note(argv=sys.argv[1:], pid=os.getpid(), omp=os.environ.get("OMP_NUM_THREADS"))
     t = time.time()
     while time.time() - t < float(os.environ.get("FAKE_RUN_S", "30")):
         if got:
@@ -155,12 +155,23 @@ def _wait_for(pred, timeout=30.0):
 
 def test_script_runs_the_tasks_run_dir_and_passes_exit_code(script_env):
     script, env, log, run_dirs = script_env
-    out = subprocess.run(["bash", str(script)], env={**env, "FAKE_RUN_S": "0.2"}, capture_output=True, text=True,
-                         timeout=60)
+    env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run(["bash", str(script)], env={**env, "FAKE_RUN_S": "0.2", "SLURM_CPUS_PER_TASK": "3"},
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     (rec,) = [r for r in _records(log) if isinstance(r, dict) and "argv" in r]
     assert rec["argv"] == ["-m", "bbrctl", "train", "--run-dir", str(run_dirs[1])]
+    assert rec["omp"] == "3"                # one thread per CPU SLURM allocated
     assert "restart=0" in out.stdout and "41_1" in out.stdout
+
+
+def test_script_keeps_the_users_thread_count(script_env):
+    script, env, log, _ = script_env
+    out = subprocess.run(["bash", str(script)], env={**env, "FAKE_RUN_S": "0.2", "SLURM_CPUS_PER_TASK": "3",
+                                                     "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (rec,) = [r for r in _records(log) if isinstance(r, dict) and "argv" in r]
+    assert rec["omp"] == "2"
 
 
 @pytest.mark.parametrize("sig, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
