@@ -5,9 +5,3 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2, nothing written."""
 
     exit_code = 2
-
-
-class NotBuiltError(Exception):
-    """A command whose implementation has not landed yet: exit code 3."""
-
-    exit_code = 3

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     print(f"\nwall time {time.perf_counter() - t_start:.1f} s; load average at end "
           f"{os.getloadavg() if hasattr(os, 'getloadavg') else None}")
     if args.json:
-        from bbrctl.runs import atomic_write_json
+        from bbrctl.store import atomic_write_json
 
         atomic_write_json(args.json, {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                       "dtype": args.dtype, "load_before": load, "rows": all_rows})

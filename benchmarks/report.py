@@ -100,7 +100,7 @@ def main() -> int:
 
     py = sys.executable
     out = Path(tmp.name) / "t1.md"
-    cmd = [py, "-m", "bbrctl", "report", "--table", "1", "--runs", str(root), "--out", str(out), "-q"]
+    cmd = [py, "-m", "bbrctl", "report", "--table", "1", "--runs-root", str(root), "--out", str(out), "-q"]
     bare = wall([py, "-c", "pass"], args.repeat, tmp.name)
     cmd_t = wall(cmd, args.repeat, tmp.name)
     probe = ("import sys\nfrom bbrctl.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"

@@ -48,7 +48,7 @@ def make_runs(sweep_dir: Path, n: int) -> None:
     """n run directories as `bbrctl sweep` + train leave them: job.json with the resolved
     config, status.json, and results.json for the finished half."""
     from bbrctl import config as C
-    from bbrctl.runs import atomic_write_json, prepare_run_dir
+    from bbrctl.store import atomic_write_json, prepare_run_dir
 
     cfg = C.to_container(C.compose(["loss=focal_eiou"]))
     jobs = {}

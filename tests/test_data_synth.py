@@ -251,16 +251,23 @@ def test_each_parameter_set_has_its_own_directory(tmp_path):
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("data.num_train=0", r"data\.num_train must be >= 1, got 0"),
-    ("data.image_size=abc", r"data\.image_size must be an integer"),
-    ("data.size_mix=[1,2]", r"data\.size_mix must be three non-negative numbers"),
-    ("data.min_visible=1.5", r"data\.min_visible must be in \(0, 1\]"),
+    ("data.num_train=0", r"data\.num_train=0 is not valid: must be an integer in \[1, 1000000\]"),
+    ("data.image_size=abc", r"data\.image_size='abc' is not valid: must be an integer"),
+    ("data.size_mix=[1,2]", r"data\.size_mix=\[1, 2\] is not valid: must be a list of 3 numbers >= 0"),
+    ("data.min_visible=1.5", r"data\.min_visible=1\.5 is not valid: must be a number in \(0, 1\]"),
 ])
 def test_bad_synth_parameters_are_one_line_errors(override, pattern):
     from bbrctl import config as C
 
-    cfg = C.to_container(C.compose(["data=shapes_tiny", override]))["data"]
     with pytest.raises(UserError, match=pattern) as e:
+        C.compose(["data=shapes_tiny", override])       # the schema refuses it before anything exists
+    assert "\n" not in str(e.value)
+    cfg = C.to_container(C.compose(["data=shapes_tiny"]))["data"]
+    key, _, value = override.partition("=")
+    import yaml
+
+    cfg[key.split(".")[1]] = yaml.safe_load(value)
+    with pytest.raises(UserError) as e:                 # and the generator itself, called directly
         D.ensure_dataset(cfg)
     assert "\n" not in str(e.value)
 

@@ -45,7 +45,8 @@ def micro_cfg(model: str, loss: str = "baseline", params: dict | None = None, we
     cfg = copy.deepcopy(_base_cfg(model))
     cfg["loss"] = {"name": loss, "params": dict(params or {})}
     cfg["weight"] = weight
-    cfg["model"]["loss_in_rpn"] = loss_in_rpn
+    if "rcnn" in model:
+        cfg["model"]["loss_in_rpn"] = loss_in_rpn
     return cfg
 
 
@@ -376,14 +377,14 @@ def test_local_imagenet_checkpoint_is_loaded(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("model.name", "yolo", "unknown model 'yolo'"),
-    ("model.norm", "layer", "model.norm='layer' is not valid; valid: group, batch, frozen_bn"),
+    ("model.name", "yolo", "model.name='yolo' is not a detector; valid: retinanet"),
+    ("model.norm", "layer", "model.norm='layer' is not valid: must be one of group, batch, frozen_bn"),
     ("model.anchor_sizes", [32, 64], "one positive size per pyramid level"),
-    ("model.anchor_base", 0, "model.anchor_base must be a number > 0"),
+    ("model.anchor_base", 0, "model.anchor_base=0 is not valid: must be null or a number > 0"),
     ("model.returned_layers", [3, 2], "increasing integers"),
-    ("model.extra_levels", "p9", "valid: p6p7, pool, none"),
-    ("backbone.widths", [8, 16], "4 integers"),
-    ("backbone.block", "dense", "valid: basic, bottleneck"),
+    ("model.extra_levels", "p9", "must be one of p6p7, pool, none"),
+    ("backbone.widths", [8, 16], "a list of 4 integers"),
+    ("backbone.block", "dense", "must be one of basic, bottleneck"),
     ("model.weights_backbone", "/x.pth", "frozen_bn or batch"),
 ])
 def test_bad_model_config_is_one_line_user_error(key, value, message):

@@ -1,6 +1,6 @@
 """`bbrctl report`: definitions, matching, aggregation over seeds, incomplete runs, formats.
 
-Run directories are built in the real format (bbrctl.runs.prepare_run_dir + results.json
+Run directories are built in the real format (bbrctl.store.prepare_run_dir + results.json
 written atomically), with the base config composed from the shipped conf/ tree.
 """
 
@@ -348,7 +348,7 @@ def test_cli_table_default_writes_reports_md_and_imports_nothing_heavy(full_tabl
     root, _ = full_table1
     cwd = tmp_path_factory.mktemp("cwd")
     code = ("import sys\nfrom bbrctl.cli import main\n"
-            f"try:\n    main(['report', '--table', '1', '--runs', {str(root)!r}])\nexcept SystemExit as e:\n"
+            f"try:\n    main(['report', '--table', '1', '--runs-root', {str(root)!r}])\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code\n"
             "heavy = [m for m in ('torch', 'torchvision', 'matplotlib', 'wandb', 'hydra', 'omegaconf') if m in sys.modules]\n"
             "print('HEAVY=' + ','.join(heavy))\n")
@@ -364,7 +364,7 @@ def test_cli_table_default_writes_reports_md_and_imports_nothing_heavy(full_tabl
 def test_cli_json_to_stdout(full_table1, tmp_path_factory):
     root, aps = full_table1
     cwd = tmp_path_factory.mktemp("cwd")
-    res = _bbrctl(["report", "--table", "1", "--runs", str(root), "--format", "json", "--out", "-", "--paper"], cwd)
+    res = _bbrctl(["report", "--table", "1", "--runs-root", str(root), "--format", "json", "--out", "-", "--paper"], cwd)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert len(data["rows"]) == 16 and data["paper"] is True
@@ -373,7 +373,7 @@ def test_cli_json_to_stdout(full_table1, tmp_path_factory):
 
 @pytest.mark.parametrize("args, msg", [
     (["--table", "1", "--format", "xlsx"], "unknown --format 'xlsx'; valid: md, csv, latex, json"),
-    (["--table", "1", "--runs", "nope"], "runs directory 'nope' does not exist"),
+    (["--table", "1", "--runs-root", "nope"], "nope' does not exist"),
     (["--table", "9"], "unknown table '9'"),
     (["--figure", "1"], "unknown figure '1'"),
     (["--table", "1", "--sweep", "nosuch"], "no runs of sweep 'nosuch'"),
@@ -387,8 +387,8 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(full_table1, tmp_pa
 
     root, _ = full_table1
     monkeypatch.chdir(tmp_path)
-    if "--runs" not in args:
-        args = [*args, "--runs", str(root)]
+    if "--runs-root" not in args:
+        args = [*args, "--runs-root", str(root)]
     with pytest.raises(SystemExit) as e:
         main(["report", *args])
     assert e.value.code == 2
@@ -438,7 +438,7 @@ def test_figure9a_points_csv_and_png(tmp_path):
 
 
 def test_simulation_figure_collects_simulate_output(tmp_path):
-    from bbrctl.runs import atomic_write_json, atomic_write_text
+    from bbrctl.store import atomic_write_json, atomic_write_text
 
     sim = tmp_path / "runs" / "simulate" / "setup2-abc"
     losses = ["iou", "eiou", "focal_eiou"]

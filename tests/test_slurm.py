@@ -279,7 +279,7 @@ def test_hostile_values_never_reach_a_shell_or_leave_runs(tmp_path, fake_slurm):
     env = {**env, "WANDB_API_KEY": "sekrit-token-123456"}
     nasty = [f"'$(touch {canary})'", f"'; touch {canary}; echo '", "'`touch " + str(canary) + "`'",
              "'../../../../escape \"q\" x'", "'a b\\'c'"]
-    out = cli(["sweep", "+note=" + ",".join(nasty), "loss=eiou", "launcher=slurm", "--name", "safe"], work, env)
+    out = cli(["sweep", "+model.kwargs.note=" + ",".join(nasty), "loss=eiou", "launcher=slurm", "--name", "safe"], work, env)
     assert out.returncode == 0, out.stderr
     assert not canary.exists()
     assert sorted(p.name for p in work.iterdir()) == ["runs"]
@@ -287,7 +287,7 @@ def test_hostile_values_never_reach_a_shell_or_leave_runs(tmp_path, fake_slurm):
     sweep_dir = work / "runs" / "safe"
     run_dirs = [p for p in sweep_dir.iterdir() if (p / "job.json").exists()]
     assert len(run_dirs) == 5
-    notes = {json.loads((d / "job.json").read_text())["config"]["note"] for d in run_dirs}
+    notes = {json.loads((d / "job.json").read_text())["config"]["model"]["kwargs"]["note"] for d in run_dirs}
     assert f"$(touch {canary})" in notes and "../../../../escape \"q\" x" in notes
     argv = (state / "submit-0.argv").read_text()
     script = Path(argv.splitlines()[-1]).read_text()

@@ -44,7 +44,8 @@ def test_a_partition_the_cluster_lacks_is_refused_before_anything_exists(slurm_c
 def test_slurm_sweep_runs_hostile_values_to_completion_then_resubmits_nothing(slurm_cluster, tmp_path):
     canary = tmp_path / "PWNED"
     values = [f"'$(touch {canary}); ../../x'", f"'; touch {canary} \"q\" `id`'"]
-    args = ["sweep", "loss=eiou", "+note=" + ",".join(values), *TINY, "--name", "e2e"]
+    # schedule.name is a free-text label that is part of the signature: two jobs.
+    args = ["sweep", "loss=eiou", "schedule.name=" + ",".join(values), *TINY, "--name", "e2e"]
     out = cli([*args, "--wait"], tmp_path, timeout=400)
     assert out.returncode == 0, out.stdout + out.stderr
     sweep_dir = tmp_path / "runs" / "e2e"
@@ -56,7 +57,7 @@ def test_slurm_sweep_runs_hostile_values_to_completion_then_resubmits_nothing(sl
     for d in dirs:
         res = json.loads((d / "results.json").read_text())
         assert res["status"] == "done" and set(res["metrics"]["bbox"]) >= {"AP", "AP50", "AP75"}
-    notes = {json.loads((d / "job.json").read_text())["config"]["note"] for d in dirs}
+    notes = {json.loads((d / "job.json").read_text())["config"]["schedule"]["name"] for d in dirs}
     assert notes == {f"$(touch {canary}); ../../x", f"; touch {canary} \"q\" `id`"}
     # Nothing executed, nothing written outside runs/.
     assert not canary.exists()

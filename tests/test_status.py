@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from bbrctl import status as S
-from bbrctl.runs import atomic_write_json, write_status
-from bbrctl.sweep import save_manifest
+from bbrctl.store import atomic_write_json, write_status
+from bbrctl.store.manifest import save_manifest
+from bbrctl.store.procs import proc_start_time
 
 
 def make_run(sweep_dir: Path, name: str, sig: str, results=None, status=None) -> Path:
@@ -75,7 +76,7 @@ def test_slurm_queue_decides_what_is_alive(sweep_dir, monkeypatch):
     save_manifest(sweep_dir, {"name": "demo", "jobs": {s: {"dir": f"j{i}-{s}", "name": f"j{i}"} for i, s in enumerate(sigs)},
                               "launches": [{"id": 1, "launcher": "slurm", "array_job_id": "77", "time": 0,
                                             "jobs": sigs, "tasks": {s: i for i, s in enumerate(sigs)}}]})
-    from bbrctl.launch import slurm
+    from bbrctl.status import slurm_queue as slurm
 
     monkeypatch.setattr(slurm, "squeue", lambda ids=None: {"77_0": "PENDING", "77_1": "RUNNING", "77_3": "PENDING"})
     monkeypatch.setattr(slurm, "sacct", lambda ids: {"77_2": "NODE_FAIL"})
@@ -95,7 +96,7 @@ def test_live_local_supervisor_owns_its_pending_jobs(sweep_dir):
     make_run(sweep_dir, "a", "1111111111")
     make_run(sweep_dir, "b", "2222222222", results={"status": "failed", "error": "x"})
     launch = {"id": 1, "launcher": "local", "time": 0, "jobs": ["1111111111", "2222222222"], "pid": os.getpid(),
-              "pid_start": S.proc_start_time(os.getpid()), "host": socket.gethostname()}
+              "pid_start": proc_start_time(os.getpid()), "host": socket.gethostname()}
     save_manifest(sweep_dir, {"name": "demo", "jobs": {"1111111111": {"dir": "a-1111111111", "name": "a"},
                                                        "2222222222": {"dir": "b-2222222222", "name": "b"}},
                               "launches": [launch]})

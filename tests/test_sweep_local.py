@@ -16,7 +16,7 @@ from helpers import run_cli, wait_until
 
 from bbrctl.errors import UserError
 from bbrctl.launch import local
-from bbrctl.runs import read_json
+from bbrctl.store import read_json
 
 FAKE_JOB = textwrap.dedent("""\
     import json, os, signal, sys, time

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bbrctl import runs
+from bbrctl import store
 
 TINY = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]",
         "backbone.fpn_channels=32"]
@@ -60,19 +60,19 @@ def test_train_writes_a_complete_run_directory(model, tmp_path, capsys):
     run_dir = only_run_dir(tmp_path)
     assert run_dir.name.startswith(f"{model}-resnet_tiny-") and str(run_dir) in out
 
-    res = json.loads((run_dir / runs.RESULTS).read_text())
+    res = json.loads((run_dir / store.RESULTS).read_text())
     assert res["status"] == "done" and res["error"] is None
     assert res["iteration"] == res["max_iter"] == 4
     iou_types = ["bbox", "segm"] if model == "mask_rcnn" else ["bbox"]
     assert sorted(res["metrics"]) == iou_types
     for t in iou_types:
-        assert sorted(res["metrics"][t]) == sorted(runs.AP_KEYS)
+        assert sorted(res["metrics"][t]) == sorted(store.AP_KEYS)
         assert all(v is None or 0.0 <= v <= 100.0 for v in res["metrics"][t].values())
-    job = json.loads((run_dir / runs.JOB).read_text())
+    job = json.loads((run_dir / store.JOB).read_text())
     assert res["signature"] == job["signature"] and run_dir.name.endswith(job["signature"])
     assert res["wall_time_s"] > 0
 
-    lines = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
+    lines = [json.loads(x) for x in (run_dir / store.METRICS).read_text().splitlines()]
     train_lines = [x for x in lines if "loss" in x]
     assert [x["iteration"] for x in train_lines] == [1, 2, 3, 4]
     assert all(math.isfinite(x["loss"]) and x["lr"] > 0 and x["time"] > 0 for x in train_lines)
@@ -82,24 +82,24 @@ def test_train_writes_a_complete_run_directory(model, tmp_path, capsys):
 
     import torch
 
-    ck = torch.load(run_dir / runs.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / store.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)
     assert ck["iteration"] == 4 and ck["signature"] == job["signature"]
-    assert runs.read_json(run_dir / runs.STATUS)["iteration"] == 4
-    assert "evaluating" in (run_dir / runs.LOG).read_text()
+    assert store.read_json(run_dir / store.STATUS)["iteration"] == 4
+    assert "evaluating" in (run_dir / store.LOG).read_text()
 
     if model == "retinanet":  # a finished run is not re-run
-        before = (run_dir / runs.RESULTS).stat().st_mtime_ns
+        before = (run_dir / store.RESULTS).stat().st_mtime_ns
         code, out, err = cli(capsys, "train", f"model={model}", *CASES[model], *TINY, f"runs_root={tmp_path}")
         assert code == 0 and "already done" in out
-        assert (run_dir / runs.RESULTS).stat().st_mtime_ns == before
+        assert (run_dir / store.RESULTS).stat().st_mtime_ns == before
         code, out, _ = cli(capsys, "train", "--run-dir", str(run_dir))
         assert code == 0 and "already done" in out
 
 
 @pytest.mark.parametrize("override, message", [
     ("model.norm=layer", "model.norm='layer' is not valid"),
-    ("schedule.max_iter=0", "schedule.max_iter must be an integer >= 1"),
-    ("schedule.base_lr=-1", "schedule.base_lr must be a number > 0"),
+    ("schedule.max_iter=0", "schedule.max_iter=0 is not valid: must be an integer >= 1"),
+    ("schedule.base_lr=-1", "schedule.base_lr=-1 is not valid: must be a number > 0"),
     ("loss=nope", "unknown loss option 'nope'"),
     ("model.anchor_sizes=[8,16]", "one positive size per pyramid level"),
     ("data.image_size=8", "data.image_size"),
@@ -131,7 +131,7 @@ def _prepare(run_dir: Path, overrides: list[str]) -> dict:
     from bbrctl.config import compose, signature, to_container
 
     cfg = to_container(compose(overrides))
-    runs.prepare_run_dir(run_dir, cfg, signature=signature(cfg), name="t", overrides=overrides)
+    store.prepare_run_dir(run_dir, cfg, signature=signature(cfg), name="t", overrides=overrides)
     return cfg
 
 
@@ -143,10 +143,10 @@ def test_a_diverging_run_is_recorded_as_failed(tmp_path, capsys):
     code, _, err = cli(capsys, "train", "--run-dir", str(run_dir), "--no-progress")
     last = err.strip().splitlines()[-1]  # progress lines come first, the error last
     assert code == 1 and last.startswith("bbrctl: error: training failed:") and "non-finite" in last
-    res = runs.read_json(run_dir / runs.RESULTS)
+    res = store.read_json(run_dir / store.RESULTS)
     assert res["status"] == "failed" and "non-finite" in res["error"] and res["metrics"] == {}
-    assert runs.read_status(run_dir)["state"] == "failed"
-    assert "Traceback" in (run_dir / runs.LOG).read_text()
+    assert store.read_status(run_dir)["state"] == "failed"
+    assert "Traceback" in (run_dir / store.LOG).read_text()
 
 
 def test_a_bad_prepared_config_is_recorded_as_failed(tmp_path, capsys):
@@ -155,10 +155,10 @@ def test_a_bad_prepared_config_is_recorded_as_failed(tmp_path, capsys):
     cfg["schedule"]["batch_size"] = 0
     import yaml
 
-    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(cfg))
+    (run_dir / store.CONFIG).write_text(yaml.safe_dump(cfg))
     code, _, err = cli(capsys, "train", "--run-dir", str(run_dir))
     assert code == 2 and "schedule.batch_size" in err
-    res = runs.read_json(run_dir / runs.RESULTS)
+    res = store.read_json(run_dir / store.RESULTS)
     assert res["status"] == "failed" and "schedule.batch_size" in res["error"]
 
 
@@ -180,11 +180,10 @@ def test_learning_rate_schedule():
 
 
 def test_shipped_schedules_are_valid_and_paper_90k_is_the_papers():
-    from bbrctl.config import compose, group_options, to_container
-    from bbrctl.train import check_schedule
+    from bbrctl.config import compose, group_options, to_container, validate
 
     for name in group_options("schedule"):
-        check_schedule(to_container(compose([f"schedule={name}"]))["schedule"])
+        validate(to_container(compose([f"schedule={name}"])))
     s = to_container(compose(["schedule=paper_90k"]))["schedule"]
     assert (s["max_iter"], s["batch_size"], s["base_lr"], s["steps"], s["gamma"], s["momentum"], s["weight_decay"]) \
         == (90000, 16, 0.01, [50000, 70000, 80000], 0.1, 0.9, 1e-4)
@@ -222,7 +221,7 @@ def test_offline_wandb_run_is_named_after_the_run_dir(tmp_path, capsys, monkeypa
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
     _prepare(run_dir, ["model=retinanet", "loss=giou", *ONE_STAGE, *TINY, "wandb.mode=offline",
-                       "schedule.max_iter=2"])
+                       "schedule.max_iter=2", "schedule.steps=[1]"])
     code, _, err = cli(capsys, "train", "--run-dir", str(run_dir), "--no-progress")
     assert code == 0, err
     found = list((run_dir / "wandb").glob(f"offline-run-*-{run_id(run_dir)}"))
@@ -233,7 +232,8 @@ def test_train_module_needs_no_torch_to_validate():
     import subprocess
     import sys
 
-    code = ("import sys; from bbrctl.train import check_train_config; from bbrctl.config import compose, to_container;"
-            "check_train_config(to_container(compose([]))); assert 'torch' not in sys.modules")
+    code = ("import sys; from bbrctl import preflight; from bbrctl.config import compose, to_container, validate;"
+            "cfg = to_container(compose([])); validate(cfg); preflight.check_files(cfg);"
+            "assert 'torch' not in sys.modules")
     env = {**os.environ, "BBRCTL_DATA_DIR": "/nonexistent"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

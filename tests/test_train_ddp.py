@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from bbrctl import runs
+from bbrctl import store
 
 DDP = ["model=faster_rcnn", "loss=focal_eiou", "model.loss_in_rpn=true", "data=shapes_tiny", "schedule=smoke",
        "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32", "model.box_head_dim=32",
@@ -28,19 +28,19 @@ def test_torchrun_two_cpu_processes(tmp_path):
 
     run_dir = tmp_path / "ddp"
     cfg = to_container(compose([*DDP, "schedule.max_iter=4", "schedule.batch_size=4"]))
-    runs.prepare_run_dir(run_dir, cfg, signature=signature(cfg), name="ddp", overrides=DDP)
+    store.prepare_run_dir(run_dir, cfg, signature=signature(cfg), name="ddp", overrides=DDP)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "bbrctl", "train", "--run-dir", str(run_dir), "--device", "cpu", "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    res = runs.read_json(run_dir / runs.RESULTS)
+    res = store.read_json(run_dir / store.RESULTS)
     assert res["status"] == "done" and res["world_size"] == 2 and res["iteration"] == 4
-    assert sorted(res["metrics"]["bbox"]) == sorted(runs.AP_KEYS)
-    lines = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
+    assert sorted(res["metrics"]["bbox"]) == sorted(store.AP_KEYS)
+    lines = [json.loads(x) for x in (run_dir / store.METRICS).read_text().splitlines()]
     assert [x["iteration"] for x in lines if "loss" in x] == [1, 2, 3, 4]  # written once, by rank 0
     import torch
 
-    ck = torch.load(run_dir / runs.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / store.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)
     assert len(ck["rng"]) == 2 and not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])
-    assert "world size 2, batch 4" in (run_dir / runs.LOG).read_text()
+    assert "world size 2, batch 4" in (run_dir / store.LOG).read_text()

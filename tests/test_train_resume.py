@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bbrctl import runs
+from bbrctl import store
 
 OVERRIDES = ["model=faster_rcnn", "loss=giou", "model.loss_in_rpn=true", "data=shapes_tiny", "schedule=smoke",
              "schedule.max_iter=14", "schedule.checkpoint_period=4", "schedule.log_period=1", "schedule.steps=[10]",
@@ -30,7 +30,7 @@ def prepare(run_dir: Path) -> None:
     from bbrctl.config import compose, signature, to_container
 
     cfg = to_container(compose(OVERRIDES))
-    runs.prepare_run_dir(run_dir, cfg, signature=signature(cfg), name="resume", overrides=OVERRIDES)
+    store.prepare_run_dir(run_dir, cfg, signature=signature(cfg), name="resume", overrides=OVERRIDES)
 
 
 def start(run_dir: Path) -> subprocess.Popen:
@@ -47,7 +47,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 def checkpoint_iteration(run_dir: Path) -> int:
     import torch
 
-    path = run_dir / runs.CHECKPOINTS / "last.pt"
+    path = run_dir / store.CHECKPOINTS / "last.pt"
     if not path.exists():
         return 0
     return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
@@ -66,7 +66,7 @@ def wait_for(cond, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 def train_losses(run_dir: Path) -> dict[int, dict]:
     out = {}
-    for line in (run_dir / runs.METRICS).read_text().splitlines():
+    for line in (run_dir / store.METRICS).read_text().splitlines():
         rec = json.loads(line)
         if "loss" in rec:
             assert rec["iteration"] not in out, f"iteration {rec['iteration']} logged twice"
@@ -77,7 +77,7 @@ def train_losses(run_dir: Path) -> dict[int, dict]:
 def final_weights(run_dir: Path) -> dict:
     import torch
 
-    return torch.load(run_dir / runs.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run_dir / store.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)["model"]
 
 
 @pytest.mark.slow
@@ -99,7 +99,7 @@ def test_killed_runs_resume_to_the_same_weights_and_metrics(tmp_path):
     assert rc == 75, log
     stopped_at = checkpoint_iteration(term)
     assert 4 <= stopped_at < 14
-    assert runs.read_status(term)["state"] == "requeued" and not (term / runs.RESULTS).exists()
+    assert store.read_status(term)["state"] == "requeued" and not (term / store.RESULTS).exists()
     assert max(train_losses(term)) == stopped_at  # logs flushed up to the checkpoint
 
     # SIGKILL: no chance to save; the restart goes back to the last periodic checkpoint
@@ -108,17 +108,17 @@ def test_killed_runs_resume_to_the_same_weights_and_metrics(tmp_path):
     wait_for(lambda: checkpoint_iteration(kill) >= 4 and len(train_losses(kill)) >= 6, p_kill)
     p_kill.kill()
     p_kill.wait()
-    assert checkpoint_iteration(kill) < 14 and not (kill / runs.RESULTS).exists()
+    assert checkpoint_iteration(kill) < 14 and not (kill / store.RESULTS).exists()
 
     rc, log = finish(ref)
     assert rc == 0, log
     for d in (term, kill):
         rc, log = finish(start(d))
         assert rc == 0, log
-        assert "resuming at iteration" in (d / runs.LOG).read_text()
+        assert "resuming at iteration" in (d / store.LOG).read_text()
 
     want_w, want_losses = final_weights(full), train_losses(full)
-    want_res = runs.read_json(full / runs.RESULTS)
+    want_res = store.read_json(full / store.RESULTS)
     assert sorted(want_losses) == list(range(1, 15))
     for d in (term, kill):
         got = final_weights(d)
@@ -126,5 +126,5 @@ def test_killed_runs_resume_to_the_same_weights_and_metrics(tmp_path):
         diff = [k for k in want_w if not torch.equal(got[k], want_w[k])]
         assert not diff, f"{d.name}: {len(diff)} tensors differ, e.g. {diff[:3]}"
         assert train_losses(d) == want_losses, d.name
-        res = runs.read_json(d / runs.RESULTS)
+        res = store.read_json(d / store.RESULTS)
         assert res["status"] == "done" and res["metrics"] == want_res["metrics"]

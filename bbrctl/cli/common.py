@@ -8,6 +8,8 @@ import typer
 
 OverridesArg = typer.Argument(None, help="Hydra overrides, e.g. loss=focal_eiou gamma=0.5 weight=2.5", show_default=False)
 ConfigDirOpt = typer.Option(None, "--config-dir", help="Extra config directory searched before the shipped one (repeatable).")
+RunsRootOpt = typer.Option(None, "--runs-root", metavar="DIR",
+                           help="Where sweeps and runs live (default: the config's runs_root, else $BBRCTL_RUNS_ROOT, else ./runs).")
 
 
 def as_list(values: Optional[List[str]]) -> list[str]:

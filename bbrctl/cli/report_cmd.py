@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from bbrctl.cli import app
-from bbrctl.cli.common import ConfigDirOpt, as_list
+from bbrctl.cli.common import ConfigDirOpt, RunsRootOpt, as_list
 from bbrctl.errors import UserError
 
 
@@ -16,7 +16,7 @@ def report_command(
     table: Optional[str] = typer.Option(None, "--table", "-t", help="Table to build: 1, 2, 3 or a name from report/*.yaml."),
     figure: Optional[str] = typer.Option(None, "--figure", "-f", help="Figure to build: 7, 8, 9a, 9b, 9c or a name from report/*.yaml."),
     list_: bool = typer.Option(False, "--list", help="List the table and figure definitions and exit."),
-    runs: str = typer.Option("runs", "--runs", help="Runs root to read (searched recursively for job.json)."),
+    runs_root: Optional[str] = RunsRootOpt,
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Only runs of this sweep."),
     where: Optional[List[str]] = typer.Option(None, "--where", help="Only runs whose config has KEY=VALUE (dotted key; repeatable)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="md | csv | latex | json (default: from --out's suffix, else md; csv for figure data)."),
@@ -43,7 +43,9 @@ def report_command(
         return
     if (table is None) == (figure is None):
         raise UserError("give exactly one of --table ID or --figure ID (see `bbrctl report --list`)")
-    kwargs = dict(runs=runs, sweep=sweep, where=as_list(where), fmt=fmt, out=out, paper=paper, wandb=wandb,
+    from bbrctl.store.root import runs_root as resolve_runs_root
+
+    kwargs = dict(runs=str(resolve_runs_root(runs_root)), sweep=sweep, where=as_list(where), fmt=fmt, out=out, paper=paper, wandb=wandb,
                   config_dirs=dirs, precision=precision)
     outcome = report_table(table, **kwargs) if table is not None else report_figure(figure, **kwargs)
     if out == "-":

@@ -7,25 +7,28 @@ from typing import Optional
 import typer
 
 from bbrctl.cli import app
+from bbrctl.cli.common import RunsRootOpt
 
 
 @app.command("status")
 def status_command(
     sweep: Optional[str] = typer.Argument(None, help="Sweep name (under the runs root) or directory; all sweeps if left out."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    runs_root: Optional[Path] = typer.Option(None, "--runs-root", help="Where sweeps live (default $BBRCTL_RUNS_ROOT or runs/)."),
+    runs_root: Optional[Path] = RunsRootOpt,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep watching until nothing is queued or running."),
 ) -> None:
     """Show every job's state (pending/running/done/failed/requeued), SLURM id, progress and AP."""
     from bbrctl import status as S
+    from bbrctl.store import discovery
+    from bbrctl.store.root import runs_root as resolve_runs_root
 
-    root = runs_root or S.default_runs_root()
+    root = resolve_runs_root(runs_root)
     if sweep is None:
         rows = S.render_overview(root, console=False if as_json else None)
         if as_json:
             typer.echo(json.dumps({"runs_root": str(root), "sweeps": rows}, indent=2))
         return
-    sweep_dir = S.find_sweep_dir(sweep, root)
+    sweep_dir = discovery.find_sweep_dir(sweep, root)
     if follow:
         from bbrctl.launch import follow as do_follow
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from bbrctl.cli import app
-from bbrctl.cli.common import ConfigDirOpt, OverridesArg, as_list
+from bbrctl.cli.common import ConfigDirOpt, OverridesArg, RunsRootOpt, as_list
 
 
 @app.command("sweep")
@@ -19,7 +19,7 @@ def sweep_command(
     wait: bool = typer.Option(False, "--wait", help="Block until every job has finished, with a progress view."),
     name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to runs/<name>/ (default: the preset's sweep.name, else the swept keys)."),
     cancel: Optional[str] = typer.Option(None, "--cancel", metavar="SWEEP", help="Cancel what is queued or running for SWEEP (name or directory)."),
-    runs_root: Optional[Path] = typer.Option(None, "--runs-root", help="With --cancel: where sweeps live (default $BBRCTL_RUNS_ROOT or runs/)."),
+    runs_root: Optional[Path] = RunsRootOpt,
 ) -> None:
     """Run a Hydra sweep: one job per combination, locally or as one SLURM job array.
 
@@ -35,9 +35,9 @@ def sweep_command(
         if overrides or dry_run or wait:
             raise UserError("--cancel SWEEP takes no overrides, --dry-run or --wait")
         from bbrctl.launch import cancel as do_cancel
-        from bbrctl.status import default_runs_root
+        from bbrctl.store.root import runs_root as resolve_runs_root
 
-        out = do_cancel(cancel, runs_root or default_runs_root())
+        out = do_cancel(cancel, resolve_runs_root(runs_root))
         if as_json:
             typer.echo(json.dumps(out, indent=2))
         else:
@@ -54,7 +54,7 @@ def sweep_command(
     from bbrctl import launch as L
     from bbrctl.sweep import expand
 
-    plan = expand(as_list(overrides), as_list(config_dir), name=name)
+    plan = expand(as_list(overrides), as_list(config_dir), name=name, runs_root=runs_root)
     if dry_run:
         L.check_launcher(plan)
         result = L.LaunchResult(plan, L.decide(plan))

@@ -6,7 +6,7 @@ from typing import List, Optional
 import typer
 
 from bbrctl.cli import app
-from bbrctl.cli.common import ConfigDirOpt, OverridesArg, as_list
+from bbrctl.cli.common import ConfigDirOpt, OverridesArg, RunsRootOpt, as_list
 from bbrctl.errors import UserError
 
 
@@ -16,6 +16,7 @@ def train_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run or resume the job prepared in DIR (its config.yaml).",
                                            metavar="DIR"),
     config_dir: Optional[List[str]] = ConfigDirOpt,
+    runs_root: Optional[Path] = RunsRootOpt,
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available) | cpu | cuda."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Show the progress bar (default: when stderr is a terminal)."),
@@ -34,12 +35,13 @@ def train_command(
     overrides = as_list(args)
     try:
         if run_dir is not None:
-            if overrides:
+            if overrides or runs_root is not None:
                 raise UserError(f"--run-dir runs the config in {run_dir}/config.yaml and takes no overrides "
-                                f"(got {' '.join(overrides)})")
+                                f"or --runs-root (got {' '.join(overrides) or '--runs-root'})")
             results = train(run_dir, device=device, progress=progress)
         else:
-            run_dir, results = train_from_overrides(overrides, as_list(config_dir), device=device, progress=progress)
+            run_dir, results = train_from_overrides(overrides, as_list(config_dir), device=device, progress=progress,
+                                                    runs_root=runs_root)
     except TrainingRequeued as e:
         typer.echo(f"bbrctl: {e}", err=True)
         raise typer.Exit(e.exit_code)

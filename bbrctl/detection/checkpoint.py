@@ -24,7 +24,7 @@ LAST = "last.pt"
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    from bbrctl.runs import CHECKPOINTS
+    from bbrctl.store import CHECKPOINTS
 
     return Path(run_dir) / CHECKPOINTS / LAST
 
@@ -33,7 +33,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """``torch.save(state)`` to ``path`` atomically (temp file + fsync + rename)."""
     import torch
 
-    from bbrctl.runs import atomic_write_with
+    from bbrctl.store import atomic_write_with
 
     atomic_write_with(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 

@@ -50,7 +50,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from bbrctl.errors import UserError
 
 SPLITS = ("train", "val")
-SYNTHETIC = ("shapes", "shapes_tiny")
+from bbrctl.config.schema import SYNTHETIC_DATA as SYNTHETIC  # noqa: E402 - generated data sets
 # COCO's area ranges (px^2 of object area), for dataset summaries.
 AREA_RANGES = {"small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, float("inf"))}
 
@@ -63,7 +63,9 @@ class DataWarning(UserWarning):
 
 
 def is_synthetic(data_cfg: Mapping[str, Any]) -> bool:
-    return str(data_cfg.get("name")) in SYNTHETIC or data_cfg.get("synthetic") is True
+    from bbrctl.config.schema import is_synthetic as synthetic
+
+    return synthetic(data_cfg)
 
 
 def synthetic_dir(data_cfg: Mapping[str, Any]) -> Path:
@@ -448,6 +450,57 @@ def check_same_categories(train: CocoDetection, val: CocoDetection) -> None:
         only_v = sorted(set(val.cat_ids) - set(train.cat_ids))
         raise UserError(f"{train.ann_file} and {val.ann_file} list different categories "
                         f"(only in train: {_ids(only_t) or 'none'}; only in val: {_ids(only_v) or 'none'})")
+
+
+def read_categories(ann_file: str | os.PathLike) -> list[dict]:
+    """The ``categories`` of a COCO annotation file without parsing the whole file.
+
+    COCO's train file is ~450 MB, of which ``categories`` is a few KB: the file is mapped,
+    the top-level ``"categories": [...]`` array is found and decoded alone. A file where
+    that is ambiguous is parsed in full.
+    """
+    import mmap
+
+    path = Path(ann_file)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            found = []
+            pos = mm.find(b'"categories"')
+            while pos != -1 and len(found) < 2:
+                found.append(pos)
+                pos = mm.find(b'"categories"', pos + 1)
+            if len(found) == 1:
+                head = mm[found[0]:found[0] + 4096].decode("utf-8", "replace")
+                rest = head[len('"categories"'):].lstrip()
+                if rest.startswith(":"):
+                    start = found[0] + len('"categories"') + (len(head) - len('"categories"') - len(rest)) + 1
+                    window = 1 << 16
+                    while True:
+                        text = mm[start:start + window].decode("utf-8", "replace").lstrip()
+                        try:
+                            cats, _ = json.JSONDecoder().raw_decode(text)
+                            break
+                        except ValueError:
+                            if start + window >= len(mm):
+                                cats = None
+                                break
+                            window *= 4
+                    if isinstance(cats, list) and all(isinstance(c, dict) and _is_int(c.get("id")) for c in cats):
+                        return cats
+    except (OSError, ValueError):
+        pass        # empty or unmappable: the full parse says what is wrong
+    return load_coco_json(path)["categories"]
+
+
+def check_same_category_files(train_ann: str | os.PathLike, val_ann: str | os.PathLike) -> None:
+    """check_same_categories on the annotation files alone (cheap: see read_categories)."""
+    t = sorted({c["id"] for c in read_categories(train_ann) if isinstance(c, dict)})
+    v = sorted({c["id"] for c in read_categories(val_ann) if isinstance(c, dict)})
+    if t != v:
+        only_t, only_v = sorted(set(t) - set(v)), sorted(set(v) - set(t))
+        raise UserError(f"{train_ann} and {val_ann} list different categories "
+                        f"(only in train: {_ids(only_t) or 'none'}; only in val: {_ids(only_v) or 'none'}); "
+                        "train and val must share one category list")
 
 
 def collate(batch: Sequence) -> tuple[tuple, tuple]:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from bbrctl import runs
+from bbrctl import store
 from bbrctl.detection import checkpoint as ckpt
 
 REQUEUE_EXIT = 75
@@ -291,7 +291,7 @@ class Reporter:
         if not self.main:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        with open(self.run_dir / runs.LOG, "a", encoding="utf-8") as f:
+        with open(self.run_dir / store.LOG, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         if self._progress is not None:
             self._progress.console.print(line, highlight=False, markup=False)
@@ -308,7 +308,7 @@ class Reporter:
         """Per-iteration scalars, already on the host."""
         if not self.main or not records:
             return
-        path = self.run_dir / runs.METRICS
+        path = self.run_dir / store.METRICS
         with open(path, "a", encoding="utf-8") as f:
             import json
 
@@ -330,7 +330,7 @@ class Reporter:
             return
         now = time.monotonic()
         if force or now - self._last_status >= STATUS_PERIOD_S:
-            runs.write_status(self.run_dir, fields.pop("state", "running"), iteration=iteration,
+            store.write_status(self.run_dir, fields.pop("state", "running"), iteration=iteration,
                               max_iter=self.max_iter, **fields)
             self._last_status = now
 
@@ -539,7 +539,7 @@ def _truncate_metrics(run_dir: Path, iteration: int) -> None:
     since the last checkpoint are redone and must not be logged twice."""
     import json
 
-    path = run_dir / runs.METRICS
+    path = run_dir / store.METRICS
     if not path.exists():
         return
     keep = []
@@ -551,7 +551,7 @@ def _truncate_metrics(run_dir: Path, iteration: int) -> None:
                 continue
             if isinstance(rec, dict) and int(rec.get("iteration", 0)) <= iteration:
                 keep.append(line if line.endswith("\n") else line + "\n")
-    runs.atomic_write_text(path, "".join(keep))
+    store.atomic_write_text(path, "".join(keep))
 
 
 def _any_rank(flag: bool, dist: Dist) -> bool:
@@ -563,7 +563,7 @@ def _any_rank(flag: bool, dist: Dist) -> bool:
 def _log_eval(reporter: Reporter, run_dir: Path, iteration: int, metrics: dict | None) -> None:
     if not reporter.main or metrics is None:
         return
-    runs.append_jsonl(run_dir / runs.METRICS, {"iteration": iteration, "eval": metrics})
+    store.append_jsonl(run_dir / store.METRICS, {"iteration": iteration, "eval": metrics})
     for iou_type, vals in metrics.items():
         reporter.log(f"{iou_type} @ {iteration}: " + " ".join(f"{k} {v:.2f}" for k, v in vals.items()))
     if reporter.wandb is not None:

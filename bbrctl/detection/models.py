@@ -20,8 +20,8 @@ DDP on CUDA it becomes SyncBatchNorm). ``frozen_bn`` is the usual choice with an
 ImageNet checkpoint. The heads keep GroupNorm (``model.head_norm``).
 
 The configured BBR loss is installed by :func:`bbrctl.detection.heads.install_bbr_loss`.
-Config validation (:func:`check_model_config`) imports no torch, so ``bbrctl train``
-can reject a bad override before it creates a run directory.
+Config validation lives in the schema (bbrctl.config.schema; :func:`check_model_config`
+calls it for builders used directly) and imports no torch.
 """
 
 from __future__ import annotations
@@ -31,76 +31,14 @@ from typing import Any, Mapping
 
 from bbrctl.errors import UserError
 
-MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
-NORMS = ("group", "batch", "frozen_bn")
-BLOCKS = ("basic", "bottleneck")
-EXTRA_LEVELS = ("p6p7", "pool", "none")
-
-
-# --------------------------------------------------------------------------- validation
+from bbrctl.config.schema import MODELS, NORMS  # noqa: E402,F401 - the detectors and norms the builders know
 
 
 def check_model_config(cfg: Mapping[str, Any]) -> None:
     """Raise UserError (one line) if the model/backbone nodes of ``cfg`` cannot be built."""
-    m, b = cfg.get("model") or {}, cfg.get("backbone") or {}
-    name = m.get("name")
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    _one_of("model.norm", m.get("norm", "group"), NORMS)
-    _one_of("backbone.block", b.get("block"), BLOCKS)
-    layers, widths = b.get("layers"), b.get("widths")
-    if not _int_list(layers, 4, 1):
-        raise UserError(f"backbone.layers must be 4 integers >= 1, got {layers!r}")
-    if not _int_list(widths, 4, 1):
-        raise UserError(f"backbone.widths must be 4 integers >= 1, got {widths!r}")
-    for key in ("groups", "width_per_group", "fpn_channels"):
-        if not _int_list([b.get(key)], 1, 1):
-            raise UserError(f"backbone.{key} must be an integer >= 1, got {b.get(key)!r}")
-    returned = m.get("returned_layers")
-    if not _int_list(returned, None, 1, 4) or list(returned) != sorted(set(returned)):
-        raise UserError(f"model.returned_layers must be increasing integers in [1, 4], got {returned!r}")
-    extra = _one_of("model.extra_levels", m.get("extra_levels"), EXTRA_LEVELS)
-    levels = len(returned) + {"p6p7": 2, "pool": 1, "none": 0}[extra]
-    sizes = m.get("anchor_sizes")
-    if sizes is None:
-        base = m.get("anchor_base")
-        if not (_num(base) and base > 0):
-            raise UserError(f"model.anchor_base must be a number > 0 (or set model.anchor_sizes), got {base!r}")
-    elif not isinstance(sizes, (list, tuple)) or len(sizes) != levels or not all(_num(s) and s > 0 for s in sizes):
-        raise UserError(f"model.anchor_sizes must give one positive size per pyramid level ({levels} for "
-                        f"returned_layers={list(returned)} and extra_levels={extra}), got {sizes!r}")
-    ratios = m.get("aspect_ratios")
-    if not isinstance(ratios, (list, tuple)) or not ratios or not all(_num(r) and r > 0 for r in ratios):
-        raise UserError(f"model.aspect_ratios must be a non-empty list of positive numbers, got {ratios!r}")
-    if name == "fcos" and (len(ratios) != 1 or int(m.get("anchor_scales_per_octave", 1)) != 1):
-        raise UserError("FCOS takes one point per location: model.aspect_ratios must have one entry "
-                        "and model.anchor_scales_per_octave must be 1")
-    if name == "fcos" and int(b["fpn_channels"]) % 32:
-        raise UserError(f"FCOS's head uses GroupNorm(32): backbone.fpn_channels must be a multiple of 32, "
-                        f"got {b['fpn_channels']}")
-    if name in ("faster_rcnn", "mask_rcnn") and extra == "p6p7":
-        raise UserError("model.extra_levels=p6p7 is for one-stage models; R-CNN uses pool or none")
-    for key in ("min_size", "max_size"):
-        if not _int_list([m.get(key)], 1, 16):
-            raise UserError(f"model.{key} must be an integer >= 16, got {m.get(key)!r}")
-    if m.get("weights_backbone") and m.get("norm", "group") == "group":
-        raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
+    from bbrctl.config.schema import check_model
 
-
-def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise UserError(f"{key}={value!r} is not valid; valid: {', '.join(valid)}")
-    return value
-
-
-def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _int_list(x: Any, n: int | None, low: int, high: int | None = None) -> bool:
-    if not isinstance(x, (list, tuple)) or (n is not None and len(x) != n) or not x:
-        return False
-    return all(isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high) for v in x)
+    check_model(cfg)
 
 
 # --------------------------------------------------------------------------- backbone

@@ -473,7 +473,7 @@ def generate(spec: ShapesSpec, out_dir: str | os.PathLike) -> dict:
 
     Not atomic by itself: ``ensure_shapes`` calls it on a temporary directory.
     """
-    from bbrctl.runs import atomic_write_json, atomic_write_text
+    from bbrctl.store import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -491,7 +491,7 @@ def generate(spec: ShapesSpec, out_dir: str | os.PathLike) -> dict:
 
 
 def read_manifest(root: str | os.PathLike) -> dict | None:
-    from bbrctl.runs import read_json
+    from bbrctl.store import read_json
 
     m = read_json(Path(root) / MANIFEST)
     return m if isinstance(m, dict) and m.get("generator") == GENERATOR else None

@@ -13,7 +13,6 @@ checkpoint and exit 75 ("requeued"; a re-run of the sweep resumes them).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bbrctl.errors import UserError
+from bbrctl.store import RunDir, atomic_write_json, locks, read_job, read_json, read_status, write_results
 
 EXIT_REQUEUE = 75
-STDOUT_LOG = "stdout.log"        # the train process's stdout+stderr, in its run directory
 RUN_LOCK = ".launch.lock"        # held by the supervisor while a job of it runs
 _GRACE_S = 120.0                 # after SIGTERM, how long jobs get to checkpoint
 
@@ -81,6 +80,15 @@ def settings(launcher: dict, gpus: Sequence[str] | None = None) -> LocalSettings
         mp = min(mp, slots)    # never two jobs on one GPU slot
     return LocalSettings(max_parallel=int(mp), gpus_per_job=gpj if groups else 0, gpu_groups=groups,
                          hide_gpus=gpj == 0 and bool(gpus))
+
+
+def check_world_size(cfg: dict, settings: LocalSettings) -> None:
+    """With GPUs visible, a job of gpus_per_job > 1 runs DDP: its batch must split evenly."""
+    world = settings.gpus_per_job if settings.gpu_groups else 1
+    bs = cfg["schedule"]["batch_size"]
+    if world > 1 and bs % world:
+        raise UserError(f"schedule.batch_size={bs} is not divisible by the {world} GPUs of a job "
+                        f"(launcher.gpus_per_job={world}); choose a multiple of {world}")
 
 
 def train_command(run_dir: str | os.PathLike, gpus_per_job: int) -> list[str]:
@@ -165,18 +173,18 @@ class Supervisor:
         return next(i for i in range(max(len(self.cfg.gpu_groups), self.cfg.max_parallel)) if i not in used)
 
     def _start(self, run_dir: Path) -> None:
-        from bbrctl.runs import read_status
-
-        if read_status(run_dir).get("state") == "done":
+        try:
+            done = read_status(run_dir).get("state") == "done"
+        except UserError as e:          # a damaged results/status file: train says what to do
+            self.log(f"note {run_dir.name}: {e}")
+            done = False
+        if done:
             self.log(f"skip {run_dir.name}: already done")
             self.codes[str(run_dir)] = 0
             return
         # The lock makes two supervisors (two `bbrctl sweep` runs) never train one run dir at once.
-        fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        fd = locks.try_lock(run_dir / RUN_LOCK, "a bbrctl local supervisor")
+        if fd is None:
             self.log(f"skip {run_dir.name}: another launcher is running it")
             self.codes[str(run_dir)] = None
             return
@@ -191,7 +199,7 @@ class Supervisor:
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = self.command(run_dir, self.cfg.gpus_per_job)
-        with open(run_dir / STDOUT_LOG, "ab") as out:
+        with open(RunDir(run_dir).stdout_log, "ab") as out:
             # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which
             # turns it into SIGTERM (checkpoint, exit 75) instead of killing jobs mid-step.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -202,10 +210,7 @@ class Supervisor:
 
     def _finish(self, r: _Running, rc: int) -> None:
         self.running.remove(r)
-        try:
-            fcntl.flock(r.lock_fd, fcntl.LOCK_UN)
-        finally:
-            os.close(r.lock_fd)
+        locks.release(r.lock_fd)
         self.codes[str(r.run_dir)] = rc
         took = time.time() - r.started
         if rc == 0:
@@ -213,23 +218,24 @@ class Supervisor:
         elif rc == EXIT_REQUEUE:
             self.log(f"stopped {r.run_dir.name} after {took:.0f}s (checkpointed; re-run the sweep to resume)")
         else:
-            self.log(f"FAILED {r.run_dir.name} (exit {rc}); see {r.run_dir / STDOUT_LOG}")
+            self.log(f"FAILED {r.run_dir.name} (exit {rc}); see {RunDir(r.run_dir).stdout_log}")
             record_crash(r.run_dir, rc)
 
 
 def record_crash(run_dir: Path, rc: int) -> None:
     """A train that died without results.json (killed, crashed on import) gets one, so
     status and report see a failure instead of a run that is forever "running"."""
-    from bbrctl.runs import RESULTS, atomic_write_json, read_job, read_json
-
-    if isinstance(read_json(run_dir / RESULTS), dict):
+    rd = RunDir(run_dir)
+    if isinstance(read_json(rd.results), dict):
         return
-    job = read_job(run_dir) or {}
-    atomic_write_json(run_dir / RESULTS, {
-        "status": "failed", "metrics": {}, "iteration": None, "max_iter": None, "wall_time_s": None,
-        "signature": job.get("signature"),
-        "error": f"train exited with code {rc} without writing results; see {STDOUT_LOG}",
-    })
+    if locks.is_locked(rd.lock):
+        return          # another trainer holds the directory: this one was refused, the job runs on
+    try:
+        job = read_job(rd.path) or {}
+    except UserError:
+        job = {}
+    write_results(rd.path, "failed", signature=job.get("signature"),
+                  error=f"train exited with code {rc} without writing results; see {rd.stdout_log.name}")
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
@@ -243,8 +249,6 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 # --------------------------------------------------------------------------- detached mode
 
 def write_plan(path: Path, run_dirs: Sequence[Path], cfg: LocalSettings, sweep_dir: Path) -> None:
-    from bbrctl.runs import atomic_write_json
-
     atomic_write_json(path, {"run_dirs": [str(d) for d in run_dirs], "max_parallel": cfg.max_parallel,
                              "gpus_per_job": cfg.gpus_per_job, "gpu_groups": cfg.gpu_groups,
                              "hide_gpus": cfg.hide_gpus,

@@ -1,4 +1,4 @@
-"""Submit a sweep as one SLURM job array, and ask SLURM what became of it.
+"""Submit a sweep as one SLURM job array (asking SLURM about it: bbrctl.status.slurm_queue).
 
 The batch script is rendered from a user-editable Jinja2 template (slurm/array.sbatch.j2).
 No override value ever reaches it: each array task reads its run directory from a task
@@ -13,7 +13,6 @@ All commands are run as argument lists, never through a shell.
 
 from __future__ import annotations
 
-import getpass
 import re
 import shlex
 import shutil
@@ -23,15 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bbrctl.errors import UserError
-
-# States in which a job still has (or will have) a process: it must not be launched again.
-ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
-                 "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
-
-_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:@+%/=\[\]-]+$")
-_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
-_MEM = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
-_EXTRA = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[^\s'\"`$\\;|&<>]+|\s+[^\s'\"`$\\;|&<>]+)?$")
+from bbrctl.store import atomic_write_text
 
 
 def template_dir() -> Path:
@@ -44,58 +35,18 @@ def template_dir() -> Path:
 
 
 def check_settings(launcher: dict) -> dict:
-    """launcher.* for SLURM, checked; a UserError names the bad key and what is valid."""
+    """launcher.* for SLURM, checked by the schema and normalised for the template."""
+    from bbrctl.config.schema import LAUNCHER, check_group
+
     s = dict(launcher)
-
-    def opt_directive(key: str) -> None:
-        v = s.get(key)
-        if v is None:
-            return
-        if not isinstance(v, (str, int)) or isinstance(v, bool) or not _DIRECTIVE.match(str(v)):
-            raise UserError(f"launcher.{key}={v!r} is not a valid #SBATCH value "
-                            "(letters, digits and _ . , : @ + % / = [ ] - only)")
-        s[key] = str(v)
-
-    for key in ("partition", "account", "qos"):
-        opt_directive(key)
-    t = s.get("time")
-    if t is not None:
-        if isinstance(t, bool) or not isinstance(t, (str, int)) or not _TIME.match(str(t)):
-            raise UserError(f"launcher.time={t!r} is not a SLURM time limit; valid forms: MM, HH:MM:SS, D-HH:MM:SS")
-        s["time"] = str(t)
-    m = s.get("mem")
-    if m is not None:
-        if isinstance(m, bool) or not isinstance(m, (str, int)) or not _MEM.match(str(m)):
-            raise UserError(f"launcher.mem={m!r} is not a SLURM memory size; valid: e.g. 16000, 32G, 500M")
-        s["mem"] = str(m)
-    for key, low in (("gpus_per_job", 0), ("cpus_per_task", 1), ("max_parallel", 1), ("signal_seconds", 0)):
-        v = s.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError(f"launcher.{key} must be an integer >= {low}, got {v!r}")
-    extra = s.get("extra_sbatch") or []
-    if not isinstance(extra, list):
-        raise UserError(f"launcher.extra_sbatch must be a list of directives like \"--constraint=a100\", got {extra!r}")
-    cleaned = []
-    for line in extra:
-        text = str(line).strip()
-        if text.startswith("#SBATCH"):
-            text = text[len("#SBATCH"):].strip()
-        if not _EXTRA.match(text):
-            raise UserError(f"launcher.extra_sbatch entry {line!r} is not one #SBATCH option "
-                            "(like --constraint=a100; no quotes, spaces in values or shell characters)")
-        cleaned.append(text)
-    s["extra_sbatch"] = cleaned
-    setup = s.get("setup") or []
-    if not isinstance(setup, list) or any(not isinstance(x, str) or "\0" in x for x in setup):
-        raise UserError(f"launcher.setup must be a list of shell lines, got {setup!r}")
-    s["setup"] = list(setup)
-    py = s.get("python")
-    if py is not None and (not isinstance(py, str) or not py or "\n" in py or "\0" in py):
-        raise UserError(f"launcher.python must be the path of a Python interpreter, got {py!r}")
-    tmpl = s.get("template") or "array.sbatch.j2"
-    if not isinstance(tmpl, str):
-        raise UserError(f"launcher.template must be a file name or path, got {tmpl!r}")
-    s["template"] = tmpl
+    s.setdefault("name", "slurm")
+    check_group(s, LAUNCHER["slurm"], "launcher", "launcher (slurm)")
+    for key in ("partition", "account", "qos", "time", "mem"):
+        if s.get(key) is not None:
+            s[key] = str(s[key])
+    s["extra_sbatch"] = [re.sub(r"^#SBATCH\s+", "", str(x).strip()) for x in s.get("extra_sbatch") or []]
+    s["setup"] = list(s.get("setup") or [])
+    s["template"] = s.get("template") or "array.sbatch.j2"
     return s
 
 
@@ -170,48 +121,6 @@ def submit(argv: Sequence[str], cwd: Path | None = None) -> str:
     return job_id
 
 
-def squeue(array_ids: Sequence[str] | None = None) -> dict[str, str] | None:
-    """{"<array>_<task>": STATE} for this user's queued/running jobs; None if SLURM is unreachable."""
-    if not shutil.which("squeue"):
-        return None
-    argv = ["squeue", "--noheader", "--array", "--format=%i|%T", f"--user={getpass.getuser()}"]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    wanted = {str(a) for a in array_ids} if array_ids is not None else None
-    states: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        jid, _, state = line.strip().partition("|")
-        if not jid:
-            continue
-        if wanted is not None and jid.split("_")[0] not in wanted:
-            continue
-        states[jid] = state
-    return states
-
-
-def sacct(array_ids: Sequence[str]) -> dict[str, str]:
-    """Final states from accounting, best effort: {} where sacct is missing or disabled."""
-    if not array_ids or not shutil.which("sacct"):
-        return {}
-    try:
-        out = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
-                              f"--jobs={','.join(array_ids)}"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if out.returncode != 0:
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        jid, _, state = line.partition("|")
-        if jid:
-            states[jid.strip()] = state.split()[0] if state.split() else state
-    return states
-
-
 def cancel(array_ids: Sequence[str]) -> tuple[bool, str]:
     if not array_ids:
         return True, ""
@@ -220,8 +129,6 @@ def cancel(array_ids: Sequence[str]) -> tuple[bool, str]:
 
 
 def write_tasks(path: Path, run_dirs: Sequence[Path]) -> None:
-    from bbrctl.runs import atomic_write_text
-
     for d in run_dirs:
         if "\n" in str(d) or "\r" in str(d):
             raise UserError(f"run directory {str(d)!r} contains a line break; choose another runs_root")

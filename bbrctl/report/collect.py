@@ -1,6 +1,6 @@
 """Find run directories and read what they say, without ever failing on a partial one.
 
-A run directory is any folder holding ``job.json`` (written by ``bbrctl.runs.prepare_run_dir``)
+A run directory is any folder holding ``job.json`` (written by ``bbrctl.store.prepare_run_dir``; found by ``bbrctl.store.discovery``)
 under the runs root; the walk does not descend into a run directory (checkpoints/ can be
 large). Files are written atomically by the trainer, so a read sees a whole file or none; a
 file that still does not parse (an older writer, a disk error) makes the run "incomplete"
@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbrctl.runs import JOB, RESULTS, STATUS
+from bbrctl.store import JOB, RESULTS, STATUS
+from bbrctl.store.discovery import find_run_dirs
 
-# Never walked into: they belong to a run, not to the runs tree.
-_SKIP_DIRS = {"checkpoints", "wandb", "__pycache__"}
-_MAX_DEPTH = 8
 
 
 @dataclass
@@ -67,34 +65,6 @@ def _read(path: Path) -> tuple[bool, Any]:
         return True, json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return True, None
-
-
-def find_run_dirs(root: Path) -> list[Path]:
-    """Every directory under ``root`` (itself included) that holds a job.json; sorted."""
-    found: list[str] = []
-    stack = [(str(root), 0)]
-    while stack:
-        d, depth = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        if any(e.name == JOB for e in entries):
-            found.append(d)
-            continue
-        if depth >= _MAX_DEPTH:
-            continue
-        for e in entries:
-            if e.name.startswith(".") or e.name in _SKIP_DIRS:
-                continue
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((e.path, depth + 1))
-            except OSError:
-                continue
-    found.sort()
-    return [Path(d) for d in found]
 
 
 def collect(root: str | os.PathLike, sweep: str | None = None) -> Collection:

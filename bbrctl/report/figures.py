@@ -18,7 +18,7 @@ from bbrctl.report.collect import Collection, Run, load_outcome, metric_value
 from bbrctl.report.definitions import FigureDef
 from bbrctl.report.matching import MISSING, lookup, matches, row_exclusions, select
 from bbrctl.report.table import STATE_ORDER, Stat, _seed, _seed_order, _setting
-from bbrctl.runs import AP_KEYS
+from bbrctl.store import AP_KEYS
 
 REF = "__reference__"
 

@@ -20,7 +20,7 @@ from bbrctl.errors import UserError
 from bbrctl.report import definitions
 from bbrctl.report.collect import Collection, collect, sweeps_under
 from bbrctl.report.render import FORMATS, FROM_SUFFIX, SUFFIX
-from bbrctl.runs import atomic_write_bytes, atomic_write_text
+from bbrctl.store import atomic_write_bytes, atomic_write_text
 
 DEFAULT_DIR = Path("reports")
 

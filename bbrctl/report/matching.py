@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable
 
-from bbrctl.config import NON_RESULT_KEYS
+from bbrctl.config.signature import NON_RESULT_KEYS, portable_value
 from bbrctl.report.collect import Run
 
 MISSING = object()
@@ -115,7 +115,7 @@ def flatten(cfg: dict) -> dict[str, Any]:
             if type(v) is dict and v:
                 walk(v, key + ".")
             else:
-                out[key] = _freeze(v)
+                out[key] = _freeze(portable_value(key, v))
     walk(cfg, "")
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bbrctl.config import signature
-from bbrctl.runs import AP_KEYS, atomic_write_json, prepare_run_dir, write_status
+from bbrctl.store import AP_KEYS, prepare_run_dir, write_results, write_status
 
 # The paper's Table 1 methods: loss name → (params, weight) as the loss configs set them.
 TABLE1 = {
@@ -78,13 +78,10 @@ def make_run(root: Path, cfg: dict, *, state: str = "done", ap: float | None = 3
     run_dir = Path(root) / (sweep or "train") / name
     prepare_run_dir(run_dir, cfg, signature=sig, name=cfg["loss"]["name"], sweep=sweep)
     if state == "done":
-        atomic_write_json(run_dir / "results.json", {
-            "status": "done", "metrics": metrics if metrics is not None else metrics_for(ap),
-            "iteration": 300, "max_iter": 300, "wall_time_s": 60.0, "signature": sig, "error": None})
+        write_results(run_dir, "done", metrics=metrics if metrics is not None else metrics_for(ap), iteration=300,
+                      max_iter=300, wall_time_s=60.0, signature=sig)
     elif state == "failed":
-        atomic_write_json(run_dir / "results.json", {
-            "status": "failed", "metrics": {}, "iteration": 10, "max_iter": 300, "wall_time_s": 5.0,
-            "signature": sig, "error": error})
+        write_results(run_dir, "failed", iteration=10, max_iter=300, wall_time_s=5.0, signature=sig, error=error)
     elif state in ("running", "requeued"):
         write_status(run_dir, state, iteration=120, max_iter=300)
     elif state != "pending":

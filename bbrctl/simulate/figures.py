@@ -31,7 +31,7 @@ def _save(fig, path: Path) -> None:
     """Render to memory, then write atomically."""
     import io
 
-    from bbrctl.runs import atomic_write_bytes
+    from bbrctl.store import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bbrctl.errors import UserError
-from bbrctl.runs import atomic_write_json, atomic_write_text, read_json
+from bbrctl.store import atomic_write_json, atomic_write_text, read_json
 
 SUMMARY = "summary.json"
 ERROR_CSV = "error_curves.csv"

@@ -1,27 +1,30 @@
-"""What every job of a sweep is doing: `bbrctl status`, and the sweep's duplicate check.
+"""What every job of a sweep is doing.
 
 A job's state comes from its run directory (results.json, else status.json) checked
 against what could still be running it: its SLURM array task in ``squeue``, the local
-supervisor that owns it, or the train process recorded in status.json. A job whose
-status says "running" with nothing left to run it died without results: it shows as
-failed ("lost") and a re-run of the sweep launches it again.
+supervisor that owns it, or the train process recorded in status.json (pid and start
+time, so a reused pid is not mistaken for it). A job whose status says "running" with
+nothing left to run it died without results: it shows as failed ("lost") and a re-run
+of the sweep launches it again. A file that is not what bbrctl writes shows that job as
+failed ("damaged: ...") and leaves every other job alone.
 
-States: pending / running / done / failed / requeued. Reads JSON only (job.json,
-status.json, results.json, sweep.json) and never imports torch or Hydra.
+States: pending / running / done / failed / requeued. Reads JSON only and never imports
+torch or Hydra.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
-from bbrctl.errors import UserError
-from bbrctl.runs import JOB, RESULTS, STATUS, read_json
+from bbrctl.status import slurm_queue
+from bbrctl.store import JOB, RESULTS, STATUS, DamagedFile, discovery, read_json
+from bbrctl.store.manifest import last_launch_of, load_manifest
+from bbrctl.store.procs import pid_alive
+from bbrctl.store.rundir import read_progress, read_results
 
 # A "running" status.json from another host, with no scheduler to ask, counts as alive
 # this long after its last update.
@@ -57,40 +60,6 @@ class JobState:
         return None
 
 
-# --------------------------------------------------------------------------- processes
-
-def proc_start_time(pid: int) -> float | None:
-    """A process's start time (clock ticks since boot, Linux) to tell it from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-        return float(data.rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def pid_alive(pid: Any, start: Any = None) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False         # a zombie has finished
-    except (OSError, IndexError):
-        pass
-    if start is not None:
-        now = proc_start_time(pid)
-        if now is not None and now != start:
-            return False
-    return True
-
-
 # --------------------------------------------------------------------------- scheduler view
 
 class Scheduler:
@@ -104,9 +73,7 @@ class Scheduler:
         self.reachable = True
         self._sacct: dict[str, str] | None = None
         if self.arrays and query:
-            from bbrctl.launch import slurm
-
-            self.queue = slurm.squeue(self.arrays)
+            self.queue = slurm_queue.squeue(self.arrays)
             self.reachable = self.queue is not None
             if self.queue is None:
                 self.queue = {}
@@ -122,9 +89,7 @@ class Scheduler:
 
     def final_state(self, task_id: str) -> str | None:
         if self._sacct is None:
-            from bbrctl.launch import slurm
-
-            self._sacct = slurm.sacct(self.arrays)
+            self._sacct = slurm_queue.sacct(self.arrays)
         return self._sacct.get(task_id)
 
     def supervisor_alive(self, launch: dict) -> bool:
@@ -141,10 +106,14 @@ class Scheduler:
 
 def inspect_job(run_dir: Path, name: str, signature: str, launch: dict | None, sched: Scheduler,
                 now: float | None = None) -> JobState:
+    """What the job in ``run_dir`` is doing; a damaged file makes it "failed" with the reason."""
     now = time.time() if now is None else now
-    results = read_json(run_dir / RESULTS)
-    status = read_json(run_dir / STATUS)
-    status = status if isinstance(status, dict) else {}
+    try:
+        results = read_results(run_dir)
+        status = read_progress(run_dir) or {}
+    except DamagedFile as e:
+        return JobState(name=name, signature=signature, dir=str(run_dir), state="failed", active=False,
+                        note=f"damaged: {e}; a re-run of the sweep relaunches it")
     final = results.get("status") if isinstance(results, dict) else None
     final = final if final in ("done", "failed") else None
     progress_state = status.get("state") if status.get("state") in ("pending", "running", "requeued") else None
@@ -176,7 +145,7 @@ def inspect_job(run_dir: Path, name: str, signature: str, launch: dict | None, s
     if js.slurm_id and sched.reachable:
         js.slurm_state = sched.slurm_state(js.slurm_id)
         if js.slurm_state:
-            js.active = js.slurm_state in _active_slurm_states()
+            js.active = js.slurm_state in slurm_queue.ACTIVE_STATES
             if js.slurm_state == "RUNNING":
                 js.state = "running"
             elif js.slurm_state == "PENDING":
@@ -213,7 +182,7 @@ def inspect_job(run_dir: Path, name: str, signature: str, launch: dict | None, s
     if js.state == "running":
         host, pid = status.get("host"), status.get("pid")
         if host == sched.host:
-            js.active = pid_alive(pid)
+            js.active = pid_alive(pid, status.get("pid_start"))
         else:
             js.active = isinstance(js.updated, (int, float)) and now - js.updated < STALE_S
             if js.active:
@@ -226,12 +195,6 @@ def inspect_job(run_dir: Path, name: str, signature: str, launch: dict | None, s
     elif js.state == "pending" and launch is not None:
         js.note = "not queued: re-run the sweep to launch it"
     return js
-
-
-def _active_slurm_states() -> set[str]:
-    from bbrctl.launch.slurm import ACTIVE_STATES
-
-    return ACTIVE_STATES
 
 
 def _mtime(p: Path) -> float:
@@ -259,53 +222,9 @@ def _one_line(s: str) -> str:
     return " ".join(str(s).split())
 
 
-# --------------------------------------------------------------------------- sweeps
-
-def default_runs_root() -> Path:
-    return Path(os.environ.get("BBRCTL_RUNS_ROOT", "runs"))
-
-
-def find_sweep_dir(sweep: str, runs_root: Path) -> Path:
-    """A sweep by name (under runs_root) or by path."""
-    cand = runs_root / sweep
-    if "/" not in sweep and sweep not in (".", "..") and cand.is_dir():
-        return cand.resolve()
-    p = Path(sweep).expanduser()
-    if p.is_dir() and ((p / "sweep.json").is_file() or any(_run_dirs(p))):
-        return p.resolve()
-    known = ", ".join(s.name for s in list_sweep_dirs(runs_root)) or "none"
-    raise UserError(f"no sweep {sweep!r} under {str(runs_root)!r} (sweeps there: {known})")
-
-
-def list_sweep_dirs(runs_root: Path) -> list[Path]:
-    out = []
-    try:
-        with os.scandir(runs_root) as it:
-            for e in sorted(it, key=lambda e: e.name):
-                if e.is_dir() and not e.name.startswith("."):
-                    p = Path(e.path)
-                    if (p / "sweep.json").is_file() or next(_run_dirs(p), None) is not None:
-                        out.append(p)
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    return out
-
-
-def _run_dirs(sweep_dir: Path, skip: set[str] = frozenset()) -> Iterable[Path]:  # type: ignore[assignment]
-    try:
-        with os.scandir(sweep_dir) as it:
-            for e in it:
-                if e.name not in skip and e.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(e.path, JOB)):
-                    yield Path(e.path)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-
-
 def sweep_jobs(sweep_dir: Path, only: Sequence[str] | None = None, query_scheduler: bool = True,
                manifest: dict | None = None) -> list[JobState]:
     """Every job of a sweep (the manifest's and any other run dir in it), in manifest order."""
-    from bbrctl.sweep import last_launch_of, load_manifest
-
     manifest = load_manifest(sweep_dir) if manifest is None else manifest
     sched = Scheduler(manifest, query=query_scheduler)
     entries: list[tuple[str, str, Path]] = []
@@ -318,9 +237,10 @@ def sweep_jobs(sweep_dir: Path, only: Sequence[str] | None = None, query_schedul
         entries.append((j.get("name") or j.get("dir") or sig, sig, sweep_dir / j.get("dir", "")))
         seen.add(j.get("dir", ""))
     if only is None:
-        for d in sorted(_run_dirs(sweep_dir, seen), key=lambda p: p.name):
+        for d in sorted(discovery.run_dirs(sweep_dir, seen), key=lambda p: p.name):
             name, _, sig = d.name.rpartition("-")
-            job = read_json(d / JOB) or {}
+            job = read_json(d / JOB)
+            job = job if isinstance(job, dict) else {}
             entries.append((job.get("name") or name or d.name, job.get("signature") or sig, d))
     now = time.time()
     return [inspect_job(d, name, sig, last_launch_of(manifest, sig), sched, now) for name, sig, d in entries]
@@ -339,114 +259,3 @@ def summary_line(name: str, jobs: Sequence[JobState]) -> str:
     return f"sweep {name}: {len(jobs)} job(s) — " + (", ".join(parts) or "none")
 
 
-# --------------------------------------------------------------------------- rendering
-
-def render_table(name: str, jobs: Sequence[JobState], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=summary_line(name, jobs), title_justify="left", show_lines=False)
-    for col, kw in (("job", {}), ("state", {}), ("slurm", {}), ("progress", {"justify": "right"}),
-                    ("AP", {"justify": "right"}), ("note", {"overflow": "fold"})):
-        table.add_column(col, **kw)
-    for j in jobs:
-        table.add_row(f"{j.name}-{j.signature}", _styled(j.state),
-                      j.slurm_id + (f" {j.slurm_state}" if j.slurm_state else "") if j.slurm_id else "-",
-                      _progress_text(j), f"{j.ap:.1f}" if j.ap is not None else "-", j.note or "")
-    console.print(table)
-
-
-def _styled(state: str) -> str:
-    color = {"done": "green", "failed": "red", "running": "cyan", "requeued": "yellow"}.get(state)
-    return f"[{color}]{state}[/{color}]" if color else state
-
-
-def _progress_text(j: JobState) -> str:
-    if j.iteration is None or not j.max_iter:
-        return "-" if j.state != "done" else "100%"
-    return f"{j.iteration}/{j.max_iter} ({100 * (j.progress or 0):.0f}%)"
-
-
-def render_overview(runs_root: Path, console=None) -> list[dict]:
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = []
-    for d in list_sweep_dirs(runs_root):
-        jobs = sweep_jobs(d)
-        rows.append({"sweep": d.name, "dir": str(d), "jobs": len(jobs), **counts(jobs)})
-    if console is not False:
-        console = console or Console()
-        if not rows:
-            console.print(f"no sweeps under {runs_root}")
-            return rows
-        table = Table(title=f"sweeps under {runs_root}", title_justify="left")
-        for col in ("sweep", "jobs", "pending", "running", "requeued", "done", "failed"):
-            table.add_column(col, justify="left" if col == "sweep" else "right")
-        for r in rows:
-            table.add_row(r["sweep"], *(str(r[k]) for k in ("jobs", "pending", "running", "requeued", "done", "failed")))
-        console.print(table)
-    return rows
-
-
-class ProgressView:
-    """Live view of a sweep while it runs: a rich table on a terminal, else a line per change."""
-
-    def __init__(self, name: str, sweep_dir: Path, signatures: Sequence[str], stream=None):
-        self.name = name
-        self.sweep_dir = sweep_dir
-        self.sigs = list(signatures)
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._live = None
-        self._last: dict[str, str] = {}
-        self._next = 0.0
-        self.jobs: list[JobState] = []
-
-    def __enter__(self) -> "ProgressView":
-        if self.tty:
-            from rich.console import Console
-            from rich.live import Live
-
-            self._live = Live(console=Console(file=self.stream), refresh_per_second=2, transient=False)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.refresh(force=True)
-        if self._live is not None:
-            self._live.__exit__(None, None, None)
-
-    def refresh(self, force: bool = False, query_scheduler: bool = True) -> list[JobState]:
-        now = time.monotonic()
-        if not force and now < self._next:
-            return self.jobs
-        self._next = now + 1.0
-        self.jobs = sweep_jobs(self.sweep_dir, only=self.sigs, query_scheduler=query_scheduler)
-        if self._live is not None:
-            self._live.update(self._renderable())
-        else:
-            for j in self.jobs:
-                line = f"{j.state}" + (f" {j.iteration}/{j.max_iter}" if j.state == "running" and j.iteration else "")
-                key = f"{j.name}-{j.signature}"
-                if self._last.get(key, "").split(" ")[0] != line.split(" ")[0]:
-                    ap = f" AP={j.ap:.1f}" if j.ap is not None else ""
-                    print(f"[{time.strftime('%H:%M:%S')}] {key}: {j.state}{ap}{(' — ' + j.note) if j.note else ''}",
-                          file=self.stream, flush=True)
-                self._last[key] = line
-        return self.jobs
-
-    def _renderable(self):
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-
-        c = counts(self.jobs)
-        finished = c["done"] + c["failed"]
-        table = Table.grid(padding=(0, 1))
-        table.add_row(f"[bold]{summary_line(self.name, self.jobs)}[/bold]")
-        table.add_row(ProgressBar(total=max(1, len(self.jobs)), completed=finished, width=50))
-        for j in self.jobs:
-            if j.state == "running":
-                table.add_row(f"  [cyan]running[/cyan] {j.name}  {_progress_text(j)}")
-        return table

@@ -1,0 +1,184 @@
+"""Compose bbrctl configs with Hydra's compose API; every failure a user causes is one line.
+
+The config tree ships in the package (bbrctl/conf in a wheel, conf/ in a checkout), so
+composition works from any directory. Users add their own config directories with
+``--config-dir`` or ``BBRCTL_CONFIG_PATH``; their files may add new options to any group
+(conf/loss/my_loss.yaml) or override ours. Group files may be written either way Hydra
+allows: with ``# @package _global_`` (keys from the top, as the shipped loss files set
+``loss:`` and ``weight:``) or plainly (keys of the group itself).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from bbrctl.config import schema
+from bbrctl.config.tree import group_options, package_config_dir, user_config_dirs
+from bbrctl.errors import UserError
+
+
+def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (), resolve: bool = True,
+            validate: bool = True):
+    """Compose the config for ``overrides`` (Hydra override syntax, no sweeps).
+
+    Returns an OmegaConf DictConfig (resolved unless ``resolve=False``), validated
+    against bbrctl.config.schema unless ``validate=False``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [str(o) for o in overrides]
+    user_dirs = user_config_dirs(config_dirs)
+    for ov in overrides:
+        reject_sweep(ov)
+    hydra_overrides = list(overrides)
+    if user_dirs:
+        # User directories come first in the search path so their files win.
+        paths = ",".join(f"file://{d}" for d in user_dirs)
+        hydra_overrides.append(f"hydra.searchpath=[{paths}]")
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(package_config_dir()), version_base="1.3", job_name="bbrctl"):
+            cfg = hydra_compose(config_name="config", overrides=hydra_overrides)
+    except OverrideParseException as e:
+        raise UserError(one_line(f"invalid override: {e}")) from None
+    except MissingConfigException as e:
+        raise UserError(_missing_option_message(e, user_dirs)) from None
+    except HydraException as e:
+        raise UserError(_composition_message(e, overrides, user_dirs)) from None
+    except OmegaConfBaseException as e:
+        raise UserError(one_line(f"invalid config: {e}")) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+    try:
+        if resolve:
+            OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise UserError(one_line(f"config does not resolve: {e}")) from None
+    if validate:
+        schema.validate(to_container(cfg))
+    return cfg
+
+
+def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_container(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def to_plain(cfg) -> dict:
+    """The config as plain data with its interpolations kept."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def reject_sweep(override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep:
+        return
+    if key.lstrip("+~").startswith("hydra"):
+        raise UserError(f"override {override!r} is not allowed: hydra.* settings are managed by bbrctl")
+    # A bare comma list or a sweep function means several jobs: only `bbrctl sweep` expands those.
+    if re.match(r"^\s*(range|choice|glob|interval|tag)\(", value) or _has_top_level_comma(value):
+        raise UserError(f"override {override!r} is a sweep; use `bbrctl sweep` to run several jobs")
+
+
+def _has_top_level_comma(value: str) -> bool:
+    depth, quote = 0, None
+    for ch in value:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def one_line(msg: Any) -> str:
+    return " ".join(str(msg).split())
+
+
+def _missing_option_message(e: Exception, user_dirs) -> str:
+    text = str(e)
+    m = re.search(r"Could not (?:find|load) '([^']+)/([^']+)'", text)
+    if m:
+        group, option = m.group(1), m.group(2)
+        valid = group_options(group, user_dirs)
+        return f"unknown {group} option {option!r}; valid {group} options: {', '.join(valid)}"
+    return one_line(text)
+
+
+def _composition_message(e: Exception, overrides: Sequence[str], user_dirs) -> str:
+    text = str(e)
+    cause = str(e.__cause__ or "")
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        return unknown_key_message(m.group(1), overrides)
+    m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
+    if m:
+        return f"config key {m.group(1)!r} already exists; drop the leading + to override it"
+    m = re.search(r"Could not (?:find|load) '([^']+)/([^']+)'", text + cause)
+    if m:
+        group, option = m.group(1), m.group(2)
+        return f"unknown {group} option {option!r}; valid {group} options: {', '.join(group_options(group, user_dirs))}"
+    m = re.search(r"Could not delete from config\. '([^']+)' does not exist", text + cause)
+    if m:
+        return unknown_key_message(m.group(1), overrides, verb="delete")
+    return one_line(f"{text} {cause}".strip())
+
+
+def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "set") -> str:
+    """'unknown config key a.b; valid a keys: ...' with the keys of that group, not the top level's."""
+    group, _, rest = key.partition(".")
+    if rest and group in schema.GROUPS:
+        option = _chosen_option(group, overrides)
+        keys = schema.group_keys(group, option)
+        which = f"{group} ({option})" if option and group in ("model", "launcher") else group
+        return f"unknown config key {key!r}; valid {which} keys: {', '.join(keys)}"
+    top = sorted(set(schema.TOP) | set(schema.GROUPS))
+    return f"unknown config key {key!r}; valid top-level keys: {', '.join(top)}"
+
+
+def _chosen_option(group: str, overrides: Sequence[str]) -> str | None:
+    chosen = None
+    for ov in overrides:
+        k, sep, v = ov.partition("=")
+        if sep and k.lstrip("+") == group:
+            chosen = v.strip()
+    if chosen is None:
+        chosen = _default_options().get(group)
+    if group == "data" and chosen is not None:
+        return "synthetic" if chosen in schema.SYNTHETIC_DATA else "coco"
+    return chosen
+
+
+def _default_options() -> dict[str, str]:
+    import yaml
+
+    base = yaml.safe_load((package_config_dir() / "config.yaml").read_text(encoding="utf-8")) or {}
+    out: dict[str, str] = {}
+    for item in base.get("defaults") or []:
+        if isinstance(item, dict):
+            out.update({str(k): str(v) for k, v in item.items()})
+    return out

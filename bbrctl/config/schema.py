@@ -1,0 +1,399 @@
+"""The typed schema of the whole config, checked before anything is created or submitted.
+
+Every key of every group has a field (type, range or choices; bbrctl.config.fields), keys
+the schema does not know are refused, and cross-field rules that no single type can say
+are checked after the fields. :func:`validate` takes a resolved config as plain data
+(what ``OmegaConf.to_container`` gives, what a sweep's fast path builds) and raises a
+one-line UserError naming the key, the bad value and what is valid; for a nested key the
+message lists that group's keys, not the top level's.
+
+Why a validation layer rather than Hydra structured configs: the groups are polymorphic
+(``model.*`` keys depend on ``model.name``, ``data.*`` on whether the data is generated or
+read, ``launcher.*`` on the launcher, ``loss.params`` on the loss), users add options of
+their own to every group, and a 1,000-job sweep must validate in well under a second; a
+dataclass per option and an OmegaConf object per job cost more in all three.
+
+Groups and their options (conf/<group>/*.yaml): model (by ``model.name``), backbone (one
+shape for all ResNet-like trunks), data (``shapes``-style generated data, else any
+COCO-format dataset), schedule, launcher (by ``launcher.name``), wandb, sweep, loss
+(``loss.params`` by ``loss.name``, via bbrctl.losses.spec), and the top-level shorthands
+gamma, beta, weight, seed, runs_root.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from bbrctl.config.fields import (AnyOf, Bool, Choice, Field, Float, Int, Invalid, Keys, ListOf, Mapping_,
+                                  Nullable, Str, is_int, is_num, names, optional)
+from bbrctl.errors import UserError
+
+INV_E = 1.0 / math.e
+
+# Data sets that bbrctl generates (bbrctl/detection/synth.py); every other data.name is a
+# COCO-format dataset read from disk, identified by that name in signatures.
+SYNTHETIC_DATA = ("shapes", "shapes_tiny")
+
+MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+NORMS = ("group", "batch", "frozen_bn")
+EXTRA_LEVELS = ("p6p7", "pool", "none")
+LAUNCHERS = ("local", "slurm")
+WANDB_MODES = ("online", "offline", "disabled")
+OPTIMIZERS = ("sgd", "adamw")
+
+_PATH = Str(what="a path")
+_POS_INT = Int(lo=1)
+_NONNEG_INT = Int(lo=0)
+_PROB = Float(lo=0.0, hi=1.0)
+
+# --------------------------------------------------------------------------- groups
+
+TOP: Keys = {
+    "gamma": Float(lo=0.0, doc="Focal-EIoU's gamma (Eq. 10)"),
+    "beta": Float(lo=INV_E, hi=1.0, doc="FocalL1's beta (Eq. 8-9)"),
+    "weight": Float(lo=0.0, doc="box-regression loss weight"),
+    "seed": Int(lo=0, hi=2 ** 31 - 1),
+    "runs_root": _PATH,
+}
+GROUPS = ("loss", "model", "backbone", "data", "schedule", "launcher", "wandb", "sweep")
+
+WANDB: Keys = {
+    "mode": Choice(values=WANDB_MODES),
+    "project": optional(Str(pattern=r"[^/\\#?%:]{1,128}", what="a W&B project name (no / \\ # ? % :)")),
+    "entity": Nullable(inner=Str()),
+    "group": Nullable(inner=Str()),
+}
+
+SWEEP: Keys = {
+    "name": Nullable(inner=Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}",
+                              what="1-100 letters, digits and . _ = - (starting with a letter or digit)")),
+    "params": Mapping_(),
+}
+
+LOSS: Keys = {"name": Str(), "params": optional(Mapping_())}
+
+_SIZE = Int(lo=16, hi=8192)
+MODEL_COMMON: Keys = {
+    "name": Choice(values=MODELS),
+    "weights_backbone": Nullable(inner=_PATH, required=False),
+    "norm": optional(Choice(values=NORMS)),
+    "trainable_backbone_layers": optional(Int(lo=0, hi=5)),
+    "min_size": _SIZE,
+    "max_size": _SIZE,
+    "returned_layers": ListOf(item=Int(lo=1, hi=4), min_len=1, increasing=True),
+    "extra_levels": Choice(values=EXTRA_LEVELS),
+    "anchor_sizes": Nullable(inner=ListOf(item=Float(lo=0.0, lo_open=True), min_len=1), required=False),
+    "anchor_scales_per_octave": optional(Int(lo=1, hi=8)),
+    "aspect_ratios": ListOf(item=Float(lo=0.0, lo_open=True), min_len=1),
+    "score_thresh": optional(_PROB),
+    "nms_thresh": optional(_PROB),
+    "detections_per_img": optional(Int(lo=1, hi=10000)),
+    "kwargs": optional(Mapping_()),
+}
+_ANCHOR_BASE = {"anchor_base": Nullable(inner=Float(lo=0.0, lo_open=True), required=False)}
+_ONE_STAGE = {"topk_candidates": optional(Int(lo=1)), "head_convs": optional(Int(lo=1, hi=4))}
+_RCNN: Keys = {
+    **_ANCHOR_BASE,
+    "loss_in_rpn": optional(Bool()),
+    "rpn_pre_nms_top_n_train": optional(_POS_INT), "rpn_pre_nms_top_n_test": optional(_POS_INT),
+    "rpn_post_nms_top_n_train": optional(_POS_INT), "rpn_post_nms_top_n_test": optional(_POS_INT),
+    "rpn_batch_size_per_image": optional(_POS_INT), "box_batch_size_per_image": optional(_POS_INT),
+    "box_head_dim": optional(_POS_INT),
+}
+MODEL: dict[str, Keys] = {
+    "retinanet": {**MODEL_COMMON, **_ANCHOR_BASE, **_ONE_STAGE,
+                  "fg_iou_thresh": optional(_PROB), "bg_iou_thresh": optional(_PROB),
+                  "head_norm": optional(Choice(values=("group", "batch", "none")))},
+    "fcos": {**MODEL_COMMON, **_ONE_STAGE, "center_sampling_radius": optional(Float(lo=0.0, lo_open=True))},
+    "faster_rcnn": {**MODEL_COMMON, **_RCNN},
+    "mask_rcnn": {**MODEL_COMMON, **_RCNN, "mask_head_channels": Nullable(inner=_POS_INT, required=False)},
+}
+
+# Values that become directory names (bbrctl.train.run_name) are names, never paths.
+SAFE_NAME = Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", what="a name of letters, digits and . _ - (no /)")
+
+BACKBONE: Keys = {
+    "name": SAFE_NAME,
+    "block": Choice(values=("basic", "bottleneck")),
+    "layers": ListOf(item=Int(lo=1, hi=64), length=4),
+    "widths": ListOf(item=Int(lo=1, hi=4096), length=4),
+    "groups": optional(Int(lo=1, hi=256)),
+    "width_per_group": optional(Int(lo=1, hi=1024)),
+    "fpn_channels": Int(lo=1, hi=4096),
+    "head_convs": optional(Int(lo=1, hi=4)),
+    "norm": optional(Choice(values=NORMS)),
+}
+
+_DATA_COMMON: Keys = {
+    "name": SAFE_NAME,
+    "num_workers": optional(Int(lo=0, hi=256)),
+    "anchor_base": Nullable(inner=Float(lo=0.0, lo_open=True), required=False),
+}
+DATA_SYNTHETIC: Keys = {
+    **_DATA_COMMON,
+    "root": _PATH,
+    "synthetic": optional(Bool()),
+    "synth_seed": Int(lo=0, hi=2 ** 31 - 1),
+    "num_train": Int(lo=1, hi=1_000_000),
+    "num_val": Int(lo=1, hi=1_000_000),
+    "image_size": Int(lo=32, hi=2048),
+    "min_objects": Int(lo=1, hi=50),
+    "max_objects": Int(lo=1, hi=50),
+    "size_mix": ListOf(item=Float(lo=0.0), length=3),
+    "min_size": Float(lo=4.0, hi=32.0, hi_open=True),
+    "max_scale_frac": Float(lo=0.2, hi=0.95),
+    "clutter": Float(lo=0.0),
+    "noise": Float(lo=0.0),
+    "min_visible": Float(lo=0.0, hi=1.0, lo_open=True),
+    "min_contrast": Float(lo=0.0, hi=200.0),
+    "color_cue": _PROB,
+    "background_saturation": _PROB,
+}
+DATA_COCO: Keys = {
+    **_DATA_COMMON,
+    "root": Nullable(inner=_PATH, required=False),
+    "train_images": _PATH, "train_ann": _PATH, "val_images": _PATH, "val_ann": _PATH,
+    "num_classes": Nullable(inner=Int(lo=1, hi=100_000), required=False),
+    "image_size": optional(Int(lo=16, hi=8192)),
+}
+
+SCHEDULE: Keys = {
+    "name": optional(Str(pattern=r"[^\n\r]+", what="a one-line label")),
+    "max_iter": Int(lo=1),
+    "batch_size": Int(lo=1, hi=65536),
+    "base_lr": Float(lo=0.0, lo_open=True),
+    "base_batch_size": Int(lo=1),
+    "steps": optional(ListOf(item=Int(lo=1), increasing=True)),
+    "gamma": optional(Float(lo=0.0, hi=1.0, lo_open=True)),
+    "warmup_iters": optional(Int(lo=0)),
+    "warmup_factor": optional(Float(lo=0.0, hi=1.0, lo_open=True)),
+    "optimizer": optional(Choice(values=OPTIMIZERS)),
+    "momentum": optional(Float(lo=0.0, hi=1.0, hi_open=True)),
+    "weight_decay": optional(Float(lo=0.0)),
+    "clip_grad_norm": Nullable(inner=Float(lo=0.0, lo_open=True), required=False),
+    "amp": optional(Bool()),
+    "hflip_prob": optional(_PROB),
+    "checkpoint_period": optional(Nullable(inner=Int(lo=0))),
+    "eval_period": optional(Nullable(inner=Int(lo=0))),
+    "eval_batch_size": optional(Int(lo=1, hi=4096)),
+    "log_period": optional(Int(lo=1)),
+}
+
+# SLURM directive values reach #SBATCH lines: no spaces, quotes, newlines or shell characters.
+DIRECTIVE = r"[A-Za-z0-9_.,:@+%/=\[\]-]+"
+SLURM_TIME = r"\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE"
+SLURM_MEM = r"(?i)\d+[KMGT]?B?"
+SBATCH_OPTION = r"(#SBATCH\s+)?--?[A-Za-z][A-Za-z0-9-]*(=[^\s'\"`$\\;|&<>]+|\s+[^\s'\"`$\\;|&<>]+)?"
+_directive = Str(pattern=DIRECTIVE, what="a #SBATCH value (letters, digits and _ . , : @ + % / = [ ] - only)")
+LAUNCHER: dict[str, Keys] = {
+    "local": {
+        "name": Choice(values=LAUNCHERS),
+        "max_parallel": AnyOf(options=(Choice(values=("auto",)), Int(lo=1))),
+        "gpus_per_job": Int(lo=0, hi=64),
+    },
+    "slurm": {
+        "name": Choice(values=LAUNCHERS),
+        "template": Str(what="a template file name or path"),
+        "partition": Nullable(inner=_directive), "account": Nullable(inner=_directive),
+        "qos": Nullable(inner=_directive),
+        "time": Nullable(inner=AnyOf(options=(Int(lo=1), Str(pattern=SLURM_TIME,
+                                                              what="a SLURM time (MM, HH:MM:SS, D-HH:MM:SS)")))),
+        "gpus_per_job": Int(lo=0, hi=64),
+        "cpus_per_task": Int(lo=1, hi=4096),
+        "mem": Nullable(inner=AnyOf(options=(Int(lo=1), Str(pattern=SLURM_MEM, what="a SLURM memory size (16000, 32G)")))),
+        "max_parallel": Int(lo=1),
+        "signal_seconds": Int(lo=0, hi=86400),
+        "extra_sbatch": ListOf(item=Str(pattern=SBATCH_OPTION, what="one #SBATCH option like --constraint=a100")),
+        "setup": ListOf(item=Str(nonempty=False, what="a shell line")),
+        "python": Nullable(inner=Str(pattern=r"[^\n]+", what="an interpreter path")),
+    },
+}
+
+
+# --------------------------------------------------------------------------- checking
+
+def _bad(key: str, value: Any, field: Field) -> UserError:
+    return UserError(f"{key}={_show(value)} is not valid: must be {field.describe()}")
+
+
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def check_group(node: Any, keys: Keys, prefix: str, what: str | None = None) -> dict:
+    """Check every key of one group against ``keys``; unknown or missing keys are errors."""
+    what = what or prefix
+    if not isinstance(node, dict):
+        raise UserError(f"{prefix} must be a group of keys ({what} keys: {names(keys)}), got {_show(node)}")
+    for k in node:
+        if k not in keys:
+            raise UserError(f"unknown config key {prefix}.{k!s}; valid {what} keys: {names(keys)}")
+    for k, f in keys.items():
+        if k not in node:
+            if f.required:
+                raise UserError(f"{prefix}.{k} is missing ({f.describe()}); valid {what} keys: {names(keys)}")
+            continue
+        try:
+            f.check(node[k])
+        except Invalid:
+            raise _bad(f"{prefix}.{k}", node[k], f) from None
+    return node
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise UserError(msg)
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Raise a one-line UserError if ``cfg`` (resolved, plain data) is not a valid job config."""
+    _need(isinstance(cfg, dict), f"the config must be a mapping, got {_show(cfg)}")
+    if "experiment" in cfg:
+        raise UserError("an experiment preset must set keys at the top level: begin its file with "
+                        "'# @package _global_' (see conf/experiment/table1.yaml)")
+    allowed = {**TOP, **{g: Field() for g in GROUPS}}
+    for k in cfg:
+        if k not in allowed:
+            raise UserError(f"unknown config key {k!s}; valid top-level keys: {names(allowed)}")
+    for g in GROUPS:
+        if g not in cfg:
+            options = "" if g in ("wandb", "sweep") else f": choose one with {g}=<option> (bbrctl config --help)"
+            raise UserError(f"the config has no {g!r} group{options}")
+    for k, f in TOP.items():
+        if k not in cfg:
+            raise UserError(f"{k} is missing ({f.describe()})")
+        try:
+            f.check(cfg[k])
+        except Invalid:
+            raise _bad(k, cfg[k], f) from None
+    check_group(cfg["wandb"], WANDB, "wandb")
+    check_group(cfg["sweep"], SWEEP, "sweep")
+    _check_loss(cfg)
+    _check_data(cfg["data"])        # before the model: model sizes default to data.image_size
+    check_group(cfg["backbone"], BACKBONE, "backbone")
+    _check_model(cfg)
+    _check_schedule(cfg["schedule"])
+    _check_launcher(cfg)
+
+
+def _check_loss(cfg: Mapping[str, Any]) -> None:
+    from bbrctl.losses.spec import SPECS, check_params
+
+    loss = cfg["loss"]
+    if isinstance(loss, dict) and "weight" in loss:
+        raise UserError("unknown config key loss.weight; valid loss keys: name, params (the loss weight is the "
+                        "top-level `weight`: a loss file that sets it begins with '# @package _global_')")
+    check_group(loss, LOSS, "loss")
+    name = loss["name"]
+    if name != "baseline" and name not in SPECS:
+        raise UserError(f"loss.name={name!r} is not a loss; valid: baseline, {', '.join(SPECS)}")
+    params = loss.get("params") or {}
+    if name == "baseline":
+        _need(not params, f"loss=baseline (each detector's stock loss) takes no parameters, got loss.params={_show(params)}")
+        return
+    check_params(name, params)
+
+
+def check_model(cfg: Mapping[str, Any]) -> None:
+    """The model and backbone groups of ``cfg`` (what a detector builder needs)."""
+    check_group(cfg.get("backbone"), BACKBONE, "backbone")
+    _check_model(cfg)
+
+
+def _check_model(cfg: Mapping[str, Any]) -> None:
+    m = cfg.get("model")
+    _need(isinstance(m, dict), f"model must be a group of keys, got {_show(m)}")
+    name = m.get("name")
+    if name not in MODEL:
+        raise UserError(f"model.name={_show(name)} is not a detector; valid: {', '.join(MODEL)}")
+    check_group(m, MODEL[name], "model", f"model ({name})")
+    returned, extra = list(m["returned_layers"]), m["extra_levels"]
+    levels = len(returned) + {"p6p7": 2, "pool": 1, "none": 0}[extra]
+    if m.get("anchor_sizes") is None:
+        if "anchor_base" in MODEL[name]:
+            _need(is_num(m.get("anchor_base")) and m["anchor_base"] > 0,
+                  f"model.anchor_base must be a number > 0 (or set model.anchor_sizes), got {_show(m.get('anchor_base'))}")
+        else:
+            raise UserError(f"model.anchor_sizes must be set for {name}: one size per pyramid level ({levels})")
+    elif len(m["anchor_sizes"]) != levels:
+        raise UserError(f"model.anchor_sizes must give one positive size per pyramid level ({levels} for "
+                        f"returned_layers={returned} and extra_levels={extra}), got {_show(m['anchor_sizes'])}")
+    _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
+    if name == "fcos":
+        _need(len(m["aspect_ratios"]) == 1 and int(m.get("anchor_scales_per_octave", 1)) == 1,
+              "FCOS takes one point per location: model.aspect_ratios must have one entry and "
+              "model.anchor_scales_per_octave must be 1")
+        fpn = cfg["backbone"].get("fpn_channels") if isinstance(cfg["backbone"], dict) else None
+        _need(not is_int(fpn) or fpn % 32 == 0,
+              f"FCOS's head uses GroupNorm(32): backbone.fpn_channels must be a multiple of 32, got {fpn}")
+    if name in ("faster_rcnn", "mask_rcnn"):
+        _need(extra != "p6p7", "model.extra_levels=p6p7 is for one-stage models; R-CNN uses pool or none")
+    if name == "retinanet":
+        fg, bg = m.get("fg_iou_thresh", 0.5), m.get("bg_iou_thresh", 0.4)
+        _need(bg <= fg, f"model.bg_iou_thresh={bg} must be <= model.fg_iou_thresh={fg}")
+    if m.get("weights_backbone") and m.get("norm", "group") == "group":
+        raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
+
+
+def is_synthetic(data: Mapping[str, Any]) -> bool:
+    return str(data.get("name")) in SYNTHETIC_DATA or data.get("synthetic") is True
+
+
+def _check_data(d: Any) -> None:
+    _need(isinstance(d, dict), f"data must be a group of keys, got {_show(d)}")
+    if is_synthetic(d):
+        check_group(d, DATA_SYNTHETIC, "data", "data (generated)")
+        _need(d["min_objects"] <= d["max_objects"],
+              f"data.min_objects={d['min_objects']} must be <= data.max_objects={d['max_objects']}")
+        _need(sum(d["size_mix"]) > 0, f"data.size_mix must not be all zero, got {d['size_mix']}")
+    else:
+        check_group(d, DATA_COCO, "data", "data (COCO-format)")
+
+
+def _check_schedule(s: Any) -> None:
+    check_group(s, SCHEDULE, "schedule")
+    steps = s.get("steps") or []
+    if steps and steps[-1] >= s["max_iter"]:
+        raise UserError(f"schedule.steps={_show(list(steps))} must be increasing iterations below "
+                        f"schedule.max_iter={s['max_iter']}")
+
+
+def _check_launcher(cfg: Mapping[str, Any]) -> None:
+    lau = cfg["launcher"]
+    _need(isinstance(lau, dict), f"launcher must be a group of keys, got {_show(lau)}")
+    name = lau.get("name")
+    if name not in LAUNCHER:
+        raise UserError(f"launcher.name={_show(name)} is not a launcher; valid: {', '.join(LAUNCHER)}")
+    check_group(lau, LAUNCHER[name], "launcher", f"launcher ({name})")
+    if name != "slurm":
+        return      # the local launcher knows its world size only from the GPUs it sees (launch.local)
+    world = world_size(lau)
+    bs = cfg["schedule"]["batch_size"]
+    _need(bs % world == 0, f"schedule.batch_size={bs} is not divisible by the {world} processes of a job "
+                           f"(launcher.gpus_per_job={lau['gpus_per_job']}); choose a multiple of {world}")
+
+
+def world_size(launcher: Mapping[str, Any]) -> int:
+    """Processes per job as the launcher settings declare them (DDP: one per GPU)."""
+    gpus = launcher.get("gpus_per_job") or 0
+    nodes = launcher.get("nodes") or 1
+    return max(1, int(gpus)) * int(nodes) if gpus else 1
+
+
+def group_keys(group: str, option: str | None = None) -> list[str]:
+    """The keys of ``group`` (of its ``option`` where the group is polymorphic), for messages."""
+    table: Any = {"wandb": WANDB, "sweep": SWEEP, "loss": LOSS, "backbone": BACKBONE, "schedule": SCHEDULE,
+                  "model": MODEL, "launcher": LAUNCHER, "data": {"synthetic": DATA_SYNTHETIC, "coco": DATA_COCO}}.get(group)
+    if table is None:
+        return []
+    if group in ("model", "launcher", "data"):
+        if option in table:
+            return sorted(table[option])
+        return sorted({k for keys in table.values() for k in keys})
+    return sorted(table)
+
+
+__all__ = ["validate", "check_group", "check_model", "group_keys", "is_synthetic", "world_size", "SYNTHETIC_DATA", "MODELS",
+           "GROUPS"]

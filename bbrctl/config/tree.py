@@ -1,0 +1,51 @@
+"""Where configs come from: the shipped tree and the user's directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from bbrctl.errors import UserError
+
+ENV = "BBRCTL_CONFIG_PATH"
+
+
+def package_config_dir() -> Path:
+    """The shipped config tree: bbrctl/conf in an installed wheel, conf/ in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "conf", here.parent / "conf"):
+        if (cand / "config.yaml").is_file():
+            return cand
+    raise RuntimeError(f"bbrctl's config tree is missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
+
+
+def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """``--config-dir`` directories, then ``BBRCTL_CONFIG_PATH`` (os.pathsep-separated)."""
+    dirs = [Path(p) for p in extra if str(p)]
+    env = os.environ.get(ENV, "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"config directory {str(d)!r} does not exist")
+    return [d.resolve() for d in dirs]
+
+
+def search_path(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    return [package_config_dir(), *user_config_dirs(extra)]
+
+
+def group_options(group: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> list[str]:
+    """Every option of a config group, across the shipped and the user's directories."""
+    names: set[str] = set()
+    for d in search_path(extra_dirs):
+        g = d / group
+        if g.is_dir():
+            names.update(p.stem for p in g.glob("*.yaml"))
+    return sorted(names)
+
+
+def is_group(key: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> bool:
+    if not key or "." in key:
+        return False
+    return any((d / key).is_dir() for d in search_path(extra_dirs))

@@ -1,0 +1,33 @@
+"""The run store: the on-disk truth of every run and sweep, and the only code that writes it.
+
+Modules (each imports only the standard library and the ones above it in this list)::
+
+    paths.py       RunDir / SweepDir: every file's path as a property; the file-name constants
+    atomic.py      atomic writes (temp + fsync + rename), tolerant reads, metrics.jsonl appends
+    schemas.py     the schemas of results/status/job/sweep JSON files; results_record()
+    names.py       safe directory names; ensure_inside() keeps every path in the runs root
+    procs.py       pid + start time checks (a reused pid is not the recorded process)
+    locks.py       flock-based locks that name their holder
+    rundir.py      prepare_run_dir, write_status, write_results, schema-checked readers
+    manifest.py    a sweep's sweep.json
+    discovery.py   finding sweeps and runs under a runs root
+    root.py        the runs root shared by every command (--runs-root, BBRCTL_RUNS_ROOT)
+
+Nothing in this package imports torch, Hydra or anything above it (config, sweep, launch,
+status, cli). The names below are the package's API.
+"""
+
+from bbrctl.store.atomic import (append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                                 atomic_write_with, read_json)
+from bbrctl.store.paths import (CHECKPOINTS, CONFIG, JOB, LOG, MANIFEST, METRICS, RESULTS, STATUS, STDOUT_LOG,
+                                TRAIN_SWEEP, RunDir, SweepDir)
+from bbrctl.store.rundir import (DamagedFile, load_checked, prepare_run_dir, read_job, read_progress, read_results,
+                                 read_status, write_results, write_status)
+from bbrctl.store.schemas import AP_KEYS, FINAL, STATES, results_record
+
+__all__ = [
+    "append_jsonl", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_write_with", "read_json",
+    "CHECKPOINTS", "CONFIG", "JOB", "LOG", "MANIFEST", "METRICS", "RESULTS", "STATUS", "STDOUT_LOG", "TRAIN_SWEEP",
+    "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_job", "read_progress",
+    "read_results", "read_status", "write_results", "write_status", "AP_KEYS", "FINAL", "STATES", "results_record",
+]

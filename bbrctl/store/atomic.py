@@ -1,0 +1,72 @@
+"""Atomic file writes and tolerant reads: the one way bbrctl puts bytes on disk.
+
+Every file a run or sweep directory holds is written through :func:`atomic_write_with`
+(temp file in the same directory, fsync, rename), so a reader sees the old file or the
+new one, never half of one, whatever kills the writer. ``metrics.jsonl`` is the one
+append-only file: :func:`append_jsonl` writes each record as a single ``write()`` of one
+line, so concurrent readers see whole lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    A failure (or Ctrl-C) inside ``write`` leaves the old file and no temp file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, dumps_json(obj))
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """A JSON file written by atomic_write_json; ``default`` if absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return default
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    # One write() of one line: concurrent readers see whole lines or nothing new.
+    line = json.dumps(record, sort_keys=True, default=float) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
