@@ -164,64 +164,10 @@ def simulation_text(sr: SimulationResult, fmt: str) -> str:
 
 
 def plot_simulation(sr: SimulationResult, max_boxes: int = 5) -> bytes:
-    import matplotlib
+    """The figure, drawn by bbrctl.simulate.figures (the same code as the simulation's own)."""
+    from bbrctl.simulate.figures import figure_7_8
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    losses = sr.losses
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    try:
-        colors = {loss: f"C{i % 10}" for i, loss in enumerate(losses)}
-        for loss in losses:
-            pts = sr.curves.get(loss) or []
-            if pts:
-                ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=loss, color=colors[loss])
-        ax1.set_xlabel("iteration")
-        ax1.set_ylabel("regression error E(t)")
-        ax1.set_yscale("log")
-        ax1.set_title("(a) regression error", fontsize=9)
-        ax1.grid(True, alpha=0.3)
-        if any(sr.curves.get(l) for l in losses):
-            ax1.legend(fontsize=7)
-        # (b): boxes at up to max_boxes iterations shared by every loss, side by side.
-        its = sorted({it for loss in losses for it, _ in sr.quantiles.get(loss, [])})
-        if len(its) > max_boxes:
-            idx = [round(i * (len(its) - 1) / (max_boxes - 1)) for i in range(max_boxes)]
-            its = [its[i] for i in sorted(set(idx))]
-        width = 0.8 / max(len(losses), 1)
-        for j, loss in enumerate(losses):
-            by_it = dict(sr.quantiles.get(loss, []))
-            stats, pos = [], []
-            for k, it in enumerate(its):
-                q = by_it.get(it)
-                if not q or not all(c in q for c in ("q05", "q25", "q50", "q75", "q95")):
-                    continue
-                stats.append({"med": q["q50"], "q1": q["q25"], "q3": q["q75"], "whislo": q["q05"],
-                              "whishi": q["q95"], "fliers": [], "mean": q.get("mean"), "label": ""})
-                pos.append(k + (j - (len(losses) - 1) / 2) * width)
-            if stats:
-                bp = ax2.bxp(stats, positions=pos, widths=width * 0.9, showfliers=False, patch_artist=True,
-                             showmeans=all(s["mean"] is not None for s in stats),
-                             meanprops={"marker": "^", "markersize": 3, "markerfacecolor": "black",
-                                        "markeredgecolor": "black"},
-                             medianprops={"color": "black", "linewidth": 1})
-                for b in bp["boxes"]:
-                    b.set_facecolor(colors[loss])
-                    b.set_alpha(0.6)
-                ax2.plot([], [], color=colors[loss], linewidth=6, alpha=0.6, label=loss)
-        ax2.set_xticks(range(len(its)))
-        ax2.set_xticklabels([str(i) for i in its])
-        ax2.set_xlabel("iteration")
-        ax2.set_ylabel("IoU")
-        ax2.set_title("(b) IoU (box: quartiles; whiskers: 5th/95th percentile)", fontsize=9)
-        ax2.grid(True, axis="y", alpha=0.3)
-        if its:
-            ax2.legend(fontsize=7)
-        fig.suptitle(sr.definition.title, fontsize=10)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    curves = {loss: ([p[0] for p in sr.curves.get(loss) or []], [p[1] for p in sr.curves.get(loss) or []])
+              for loss in sr.losses}
+    quantiles = {loss: dict(sr.quantiles.get(loss, [])) for loss in sr.losses}
+    return figure_7_8(curves, quantiles, sr.definition.title, max_boxes=max_boxes)

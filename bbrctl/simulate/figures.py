@@ -1,9 +1,9 @@
 """PNG figures (matplotlib, Agg backend, imported only here and only when plotting).
 
-* ``error_curves``  Figure 7(a)/8(a): E(t) of every loss on one axis.
-* ``iou_boxplots``  Figure 7(b)/8(b): per loss, IoU box plots at a few iterations. Boxes
-  are drawn from the recorded quantiles (box q25-q75, line median, whiskers q05-q95,
-  dots min and max, diamond mean), since the per-pair IoUs are not kept.
+The one place Figures 7 and 8 are drawn: ``draw_error_panel`` (a) and ``draw_iou_panel``
+(b) take plain data (E(t) curves; IoU quantile records per iteration), so a simulation
+run (``error_curves``, ``iou_boxplots``) and ``bbrctl report --figure 7|8``
+(``figure_7_8``, from the run's CSV files) draw the same figure.
 * ``figure1``       (w, h) trajectories of one anchor under each loss.
 * ``figure4`` / ``figure5``  FocalL1 loss and gradient curves.
 """
@@ -42,47 +42,102 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def error_curves(traces, path: Path, title: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, tr in traces.items():
-        ax.plot(range(len(tr.error)), tr.error, label=label(name), color=COLORS.get(name), lw=1.6)
+def draw_error_panel(ax, curves: dict[str, tuple[list, list]], title: str = "(a) regression error") -> None:
+    """Figure 7(a)/8(a): E(t) of every loss on one (log) axis. ``curves``: loss -> (t, E)."""
+    for name, (ts, es) in curves.items():
+        if ts:
+            ax.plot(ts, es, label=label(name), color=COLORS.get(name), lw=1.6)
     ax.set_xlabel("iteration t")
     ax.set_ylabel(r"regression error $E(t)=\sum\|B_t-B^{gt}\|_1$")
-    ax.set_title(title)
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if any(ts for ts, _ in curves.values()):
+        ax.legend(fontsize=7)
+
+
+def draw_iou_panel(ax, quantiles: dict[str, dict[int, dict]], iterations: list[int] | None = None,
+                   max_boxes: int = 6, title: str = "(b) IoU (box: quartiles; whiskers: 5th/95th percentile)") -> None:
+    """Figure 7(b)/8(b): per iteration, one box per loss side by side, drawn from the
+    recorded quantiles (q05, q25, q50, q75, q95; mean as a triangle), since the per-pair
+    IoUs are not kept. ``quantiles``: loss -> {iteration: record}."""
+    losses = list(quantiles)
+    its = sorted(set(iterations) if iterations is not None else {t for q in quantiles.values() for t in q})
+    its = [t for t in its if any(t in quantiles[l] for l in losses)]
+    if len(its) > max_boxes:
+        idx = [round(i * (len(its) - 1) / (max_boxes - 1)) for i in range(max_boxes)]
+        its = [its[i] for i in sorted(set(idx))]
+    width = 0.8 / max(len(losses), 1)
+    for j, name in enumerate(losses):
+        stats, pos = [], []
+        for k, t in enumerate(its):
+            q = quantiles[name].get(t)
+            if not q or not all(c in q for c in ("q05", "q25", "q50", "q75", "q95")):
+                continue
+            stats.append({"med": q["q50"], "q1": q["q25"], "q3": q["q75"], "whislo": q["q05"], "whishi": q["q95"],
+                          "fliers": [], "mean": q.get("mean"), "label": ""})
+            pos.append(k + (j - (len(losses) - 1) / 2) * width)
+        if not stats:
+            continue
+        bp = ax.bxp(stats, positions=pos, widths=width * 0.9, showfliers=False, patch_artist=True,
+                    showmeans=all(st["mean"] is not None for st in stats),
+                    meanprops={"marker": "^", "markersize": 3, "markerfacecolor": "black", "markeredgecolor": "black"},
+                    medianprops={"color": "black", "linewidth": 1})
+        for box in bp["boxes"]:
+            box.set_facecolor(COLORS.get(name, f"C{j % 10}"))
+            box.set_alpha(0.6)
+        ax.plot([], [], color=COLORS.get(name, f"C{j % 10}"), linewidth=6, alpha=0.6, label=label(name))
+    ax.set_xticks(range(len(its)))
+    ax.set_xticklabels([str(t) for t in its])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("IoU")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    if its:
+        ax.legend(fontsize=7)
+
+
+def figure_7_8(curves, quantiles, title: str, max_boxes: int = 5) -> bytes:
+    """Both panels side by side, as PNG bytes (``bbrctl report --figure 7|8``)."""
+    import io
+
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    try:
+        draw_error_panel(ax1, curves)
+        draw_iou_panel(ax2, quantiles, max_boxes=max_boxes)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _trace_curves(traces) -> dict:
+    return {name: (list(range(len(tr.error))), list(tr.error)) for name, tr in traces.items()}
+
+
+def _trace_quantiles(traces) -> dict:
+    return {name: {t: tr.record_at(t) for t in tr.record_iterations} for name, tr in traces.items()}
+
+
+def error_curves(traces, path: Path, title: str) -> None:
+    """error_curves.png of a simulation run: panel (a) alone."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    draw_error_panel(ax, _trace_curves(traces), title)
     _save(fig, path)
     plt.close(fig)
 
 
 def iou_boxplots(traces, iterations: list[int], path: Path, title: str) -> None:
+    """iou_boxplots.png of a simulation run: panel (b) alone, at ``iterations``."""
     plt = _plt()
-    n = len(traces)
-    cols = min(n, 3)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
-    for ax, (name, tr) in zip(axes.flat, traces.items()):
-        its = [t for t in iterations if t in tr.record_iterations]
-        stats = []
-        for t in its:
-            r = tr.record_at(t)
-            stats.append({"med": r["q50"], "q1": r["q25"], "q3": r["q75"], "whislo": r["q05"], "whishi": r["q95"],
-                          "fliers": [r["q0"], r["q100"]], "mean": r["mean"], "label": str(t)})
-        ax.bxp(stats, showmeans=True, showfliers=True, patch_artist=True,
-               boxprops={"facecolor": COLORS.get(name, "#cccccc"), "alpha": 0.55},
-               meanprops={"marker": "D", "markerfacecolor": "k", "markersize": 4},
-               flierprops={"marker": ".", "markersize": 4})
-        ax.set_title(label(name), fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3, axis="y")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("IoU")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    draw_iou_panel(ax, _trace_quantiles(traces), iterations, max_boxes=len(iterations), title=title)
     _save(fig, path)
     plt.close(fig)
 
