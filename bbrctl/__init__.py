@@ -4,4 +4,4 @@ Importing the package is cheap on purpose: torch and friends load only in the mo
 that need them, so the orchestration commands start fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

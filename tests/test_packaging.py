@@ -58,3 +58,25 @@ def test_no_source_file_is_git_ignored():
         pytest.skip(f"git unavailable: {r.stderr.strip()}")
     ignored = [p for p in r.stdout.splitlines() if "__pycache__" not in p and not p.endswith(".pyc")]
     assert ignored == []
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """PyYAML was imported directly but only arrived through omegaconf: declare what we import."""
+    import ast
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    dist_of = {"yaml": "pyyaml", "PIL": "pillow", "faster_coco_eval": "faster-coco-eval", "hydra": "hydra-core"}
+    stdlib = set(sys.stdlib_module_names)
+    used = set()
+    for p in (REPO / "bbrctl").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for n in names:
+                top = n.split(".")[0]
+                if top not in stdlib and top != "bbrctl":
+                    used.add(dist_of.get(top, top).lower())
+    assert used - declared == set(), f"imported but not declared in pyproject.toml: {sorted(used - declared)}"

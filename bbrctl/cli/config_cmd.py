@@ -4,7 +4,7 @@ from typing import List, Optional
 
 import typer
 
-from bbrctl.cli import app
+from bbrctl.cli.app import app
 from bbrctl.cli.common import ConfigDirOpt, OverridesArg, as_list
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from bbrctl.cli import app
+from bbrctl.cli.app import app
 from bbrctl.errors import UserError
 
 _DEFAULT_LOSSES = "iou,giou,diou,ciou,eiou,focal_eiou"

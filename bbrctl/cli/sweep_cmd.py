@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from bbrctl.cli import app
+from bbrctl.cli.app import app
 from bbrctl.cli.common import ConfigDirOpt, OverridesArg, RunsRootOpt, as_list
 
 

@@ -229,7 +229,7 @@ def check_group(node: Any, keys: Keys, prefix: str, what: str | None = None) -> 
         raise UserError(f"{prefix} must be a group of keys ({what} keys: {names(keys)}), got {_show(node)}")
     for k in node:
         if k not in keys:
-            raise UserError(f"unknown config key {prefix}.{k!s}; valid {what} keys: {names(keys)}")
+            raise UserError(f"unknown config key '{prefix}.{k!s}'; valid {what} keys: {names(keys)}")
     for k, f in keys.items():
         if k not in node:
             if f.required:
@@ -256,10 +256,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
     allowed = {**TOP, **{g: Field() for g in GROUPS}}
     for k in cfg:
         if k not in allowed:
-            raise UserError(f"unknown config key {k!s}; valid top-level keys: {names(allowed)}")
+            raise UserError(f"unknown config key '{k!s}'; valid top-level keys: {names(allowed)}")
     for g in GROUPS:
         if g not in cfg:
-            options = "" if g in ("wandb", "sweep") else f": choose one with {g}=<option> (bbrctl config --help)"
+            from bbrctl.config.tree import group_options
+
+            opts = group_options(g)
+            options = f": choose one with {g}=<option>; valid {g} options: {', '.join(opts)}" if opts else ""
             raise UserError(f"the config has no {g!r} group{options}")
     for k, f in TOP.items():
         if k not in cfg:
@@ -283,7 +286,7 @@ def _check_loss(cfg: Mapping[str, Any]) -> None:
 
     loss = cfg["loss"]
     if isinstance(loss, dict) and "weight" in loss:
-        raise UserError("unknown config key loss.weight; valid loss keys: name, params (the loss weight is the "
+        raise UserError("unknown config key 'loss.weight'; valid loss keys: name, params (the loss weight is the "
                         "top-level `weight`: a loss file that sets it begins with '# @package _global_')")
     check_group(loss, LOSS, "loss")
     name = loss["name"]
