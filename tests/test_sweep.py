@@ -220,14 +220,21 @@ _KEYS = st.sampled_from([
     ("data.num_workers", ["0", "3"]),
     ("model", ["retinanet", "fcos", "faster_rcnn"]),
     ("+extra", ["1", "'x y'", "[1,2]", "null"]),
-    ("schedule.max_iter", ["5", "100"]),
+    ("+model.kwargs.note", ["'a;b'", "1", "[x]"]),
+    ("schedule.max_iter", ["5", "100", "600", "-1", "abc"]),
+    ("schedule.steps", ["[]", "[3]", "[50,90]", "[90,50]"]),
+    ("launcher", ["local", "slurm"]),
+    ("launcher.gpus_per_job", ["0", "2", "-1"]),
+    ("backbone", ["resnet_tiny", "resnet50"]),
+    ("~wandb.project", [""]),
+    ("model.anchor_base", ["8", "0", "${data.anchor_base}"]),
 ])
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(_KEYS, st.integers(0, 5)), min_size=1, max_size=5, unique_by=lambda t: t[0][0]))
 def test_fast_composition_equals_compose_property(picks):
-    ovs = [f"{k}={vals[i % len(vals)]}" for (k, vals), i in picks]
+    ovs = [f"{k}={vals[i % len(vals)]}" if not k.startswith("~") else k for (k, vals), i in picks]
     composer = Composer([])
     try:
         fast = composer.compose(ovs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 
 class Invalid(ValueError):
@@ -217,20 +217,6 @@ class Mapping_(Field):
         return "a mapping"
 
 
-@dataclass(frozen=True)
-class Custom(Field):
-    """A field checked by a function that raises Invalid (for rules no type can say)."""
-
-    fn: Callable[[Any], Any] = field(default=lambda v: v)
-    what: str = "a valid value"
-
-    def check(self, v: Any) -> Any:
-        return self.fn(v)
-
-    def describe(self) -> str:
-        return self.what
-
-
 Keys = Mapping[str, Field]
 
 
@@ -243,7 +229,3 @@ def optional(f: Field) -> Field:
 
 def names(keys: Keys) -> str:
     return ", ".join(sorted(keys))
-
-
-def seq(values: Sequence[Any]) -> tuple:
-    return tuple(values)
