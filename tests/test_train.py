@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bbrctl import store
+from bbrctl.detection.checkpoint import load_checkpoint
 
 TINY = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]",
         "backbone.fpn_channels=32"]
@@ -80,9 +81,7 @@ def test_train_writes_a_complete_run_directory(model, tmp_path, capsys):
     assert all(reg in x for x in train_lines)
     assert lines[-1]["iteration"] == 4 and sorted(lines[-1]["eval"]) == iou_types
 
-    import torch
-
-    ck = torch.load(run_dir / store.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)
+    ck = load_checkpoint(run_dir / store.CHECKPOINTS / "last.pt")
     assert ck["iteration"] == 4 and ck["signature"] == job["signature"]
     assert store.read_json(run_dir / store.STATUS)["iteration"] == 4
     assert "evaluating" in (run_dir / store.LOG).read_text()

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from bbrctl import store
+from bbrctl.detection.checkpoint import load_checkpoint
 
 DDP = ["model=faster_rcnn", "loss=focal_eiou", "model.loss_in_rpn=true", "data=shapes_tiny", "schedule=smoke",
        "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32", "model.box_head_dim=32",
@@ -41,6 +42,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert [x["iteration"] for x in lines if "loss" in x] == [1, 2, 3, 4]  # written once, by rank 0
     import torch
 
-    ck = torch.load(run_dir / store.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)
+    ck = load_checkpoint(run_dir / store.CHECKPOINTS / "last.pt")
     assert len(ck["rng"]) == 2 and not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])
     assert "world size 2, batch 4" in (run_dir / store.LOG).read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bbrctl import store
+from bbrctl.detection.checkpoint import load_checkpoint
 
 OVERRIDES = ["model=faster_rcnn", "loss=giou", "model.loss_in_rpn=true", "data=shapes_tiny", "schedule=smoke",
              "schedule.max_iter=14", "schedule.checkpoint_period=4", "schedule.log_period=1", "schedule.steps=[10]",
@@ -45,12 +46,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 
 def checkpoint_iteration(run_dir: Path) -> int:
-    import torch
-
     path = run_dir / store.CHECKPOINTS / "last.pt"
     if not path.exists():
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
+    return int(load_checkpoint(path)["iteration"])
 
 
 def wait_for(cond, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -75,9 +74,9 @@ def train_losses(run_dir: Path) -> dict[int, dict]:
 
 
 def final_weights(run_dir: Path) -> dict:
-    import torch
+    from bbrctl.detection.checkpoint import load_checkpoint
 
-    return torch.load(run_dir / store.CHECKPOINTS / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return load_checkpoint(run_dir / store.CHECKPOINTS / "last.pt")["model"]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from bbrctl.cli.app import app
-from bbrctl.errors import UserError
+from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 
 # Registration happens on import; the order here is the order in --help.
 from bbrctl.cli import config_cmd, train_cmd, sweep_cmd, status_cmd, report_cmd, simulate_cmd, data_cmd  # noqa: E402,F401
@@ -23,9 +23,20 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="bbrctl", standalone_mode=True)
-    except UserError as e:
-        typer.echo(f"bbrctl: error: {e}", err=True)
+    except (UserError, StorageError) as e:
+        typer.echo(f"bbrctl: error: {_one_line(e)}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        # A place that cannot be written, raised by code that does not name it itself.
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        where = e.filename or "a file"
+        typer.echo(f"bbrctl: error: {_one_line(StorageError.of(where, e))}", err=True)
+        sys.exit(StorageError.exit_code)
     except KeyboardInterrupt:
         typer.echo("bbrctl: interrupted", err=True)
         sys.exit(130)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

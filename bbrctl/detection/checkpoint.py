@@ -1,64 +1,198 @@
-"""Training checkpoints: atomic save, load, and the random state that makes resume exact.
+"""Training checkpoints: safe to load, checked on load, written whole, the last two kept.
 
-A checkpoint is one ``torch.save`` dict::
+A checkpoint file is an ordinary ``torch.save`` file that holds::
 
-    {"format": 1, "iteration": k (iterations completed), "model": state_dict,
-     "optimizer": ..., "scaler": ... | None, "rng": [per-rank RNG states],
-     "elapsed_s": training wall time so far, "signature": config signature}
+    {"format": 2, "sha256": hex digest of payload, "bytes": len(payload), "iteration": k,
+     "payload": uint8 tensor = torch.save({"iteration", "model", "optimizer", "scaler",
+                                           "rng", "elapsed_s", "signature"})}
 
-It is written to a temporary file in the same directory, fsynced and renamed over
-``checkpoints/last.pt``, so a kill at any moment leaves the previous checkpoint or the
-new one, never a torn file. The data order needs no state: the sampler's stream is a
-function of (seed, position), and the position is ``iteration * global batch``.
+Why this shape:
+
+* **No code from a checkpoint.** Everything is read with ``torch.load(weights_only=True)``:
+  tensors, numbers, strings, lists, tuples and dicts only. A pickle that would call any
+  function (a crafted ``last.pt``) is refused with one line before anything runs. The RNG
+  states the project saves are kept in that vocabulary (numpy's state as a tensor and
+  plain numbers), so the project's own files need no allow-list.
+* **Checked on load.** The payload's SHA-256 is stored beside it; a truncated, garbled or
+  foreign file is reported as damaged, never half-loaded.
+* **The last two are kept.** A save writes a temp file (fsync), moves ``last.pt`` to
+  ``prev.pt`` and renames the temp file to ``last.pt``. A kill at any moment leaves a
+  whole ``last.pt``, or a whole ``prev.pt`` to resume from; a damaged ``last.pt`` falls
+  back to ``prev.pt`` with a note. Temp files of an interrupted save are removed on the
+  next start (:func:`remove_stale_temps`).
+* **Disk full** is reported as such (the file is serialised in memory first, so the only
+  failing call is a plain write, whose OSError names the path).
+
+The data order needs no state: the sampler's stream is a function of (seed, position),
+and the position is ``iteration * global batch``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-FORMAT = 1
+from bbrctl.errors import UserError
+
+FORMAT = 2
 LAST = "last.pt"
+PREV = "prev.pt"
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint that cannot be trusted (exit 2 with what to do)."""
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    from bbrctl.store import CHECKPOINTS
+    from bbrctl.store import RunDir
 
-    return Path(run_dir) / CHECKPOINTS / LAST
+    return RunDir(run_dir).checkpoints / LAST
+
+
+def previous_path(run_dir: str | os.PathLike) -> Path:
+    from bbrctl.store import RunDir
+
+    return RunDir(run_dir).checkpoints / PREV
+
+
+def encode(state: dict) -> bytes:
+    """The bytes of a checkpoint file holding ``state``."""
+    import torch
+
+    inner = io.BytesIO()
+    torch.save(state, inner)
+    payload = bytearray(inner.getbuffer())
+    outer = io.BytesIO()
+    torch.save({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload),
+                "iteration": int(state.get("iteration", 0)),
+                "payload": torch.frombuffer(payload, dtype=torch.uint8) if payload else torch.empty(0, dtype=torch.uint8)},
+               outer)
+    return outer.getvalue()
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """``torch.save(state)`` to ``path`` atomically (temp file + fsync + rename)."""
-    import torch
-
+    """Write ``state`` to ``path`` whole; the file it replaces becomes ``prev.pt`` beside it."""
     from bbrctl.store import atomic_write_with
 
-    atomic_write_with(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    path = Path(path)
+    data = encode(state)
+
+    def write(f) -> None:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        # Rotate just before the new file takes the name: at every instant one whole
+        # checkpoint carries a resumable name.
+        if path.exists():
+            os.replace(path, path.with_name(PREV))
+
+    atomic_write_with(path, write)
+
+
+def decode(path: str | os.PathLike) -> dict:
+    """The state in checkpoint ``path``; DamagedCheckpoint naming what is wrong."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, AttributeError, TypeError) as e:
+        raise DamagedCheckpoint(f"{path} is not a checkpoint bbrctl can load safely: it holds objects a "
+                                f"weights-only load refuses ({_short(e)}); bbrctl never unpickles code") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise DamagedCheckpoint(f"{path} is truncated or not a PyTorch file ({_short(e)})") from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT or not torch.is_tensor(outer.get("payload")):
+        fmt = outer.get("format") if isinstance(outer, dict) else None
+        raise DamagedCheckpoint(f"{path} is not a bbrctl checkpoint of format {FORMAT} (format {fmt!r})")
+    payload = outer["payload"].numpy().tobytes()
+    if len(payload) != outer.get("bytes") or hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
+        raise DamagedCheckpoint(f"{path} fails its checksum (the file was changed or damaged after it was written)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a checksummed payload that does not load is damaged
+        raise DamagedCheckpoint(f"{path}: its payload does not load ({_short(e)})") from None
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise DamagedCheckpoint(f"{path} holds no training state (model, iteration)")
+    return state
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:160]
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict | None:
     """The checkpoint at ``path`` (tensors on the CPU), or None if there is none."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         return None
-    # Our own file, written by save_checkpoint inside the run directory; numpy's RNG
-    # state (a tuple with an ndarray) needs the full unpickler.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise RuntimeError(f"{path} is not a bbrctl checkpoint of format {FORMAT}")
-    return state
+    return decode(path)
+
+
+def load_latest(run_dir: str | os.PathLike, note: Callable[[str], None] = lambda msg: None) -> dict | None:
+    """The newest loadable checkpoint of a run: last.pt, else prev.pt (with a note), else None.
+
+    Raises DamagedCheckpoint, with what to do, when checkpoints exist and none loads.
+    """
+    last, prev = checkpoint_path(run_dir), previous_path(run_dir)
+    if not last.is_file() and not prev.is_file():
+        return None
+    problems = []
+    for path in (last, prev):
+        if not path.is_file():
+            continue
+        try:
+            state = decode(path)
+        except DamagedCheckpoint as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            note(f"{problems[0]}; resuming from {path.name} (iteration {state['iteration']}) instead")
+        return state
+    raise DamagedCheckpoint(f"{problems[0]}{'; ' + problems[1] if len(problems) > 1 else ''}; no loadable "
+                            f"checkpoint is left: delete {last.parent} to restart the run from iteration 0")
+
+
+def remove_stale_temps(run_dir: str | os.PathLike) -> list[Path]:
+    """Temp files left by saves that were killed (``.<name>.*.tmp``); removed, and returned."""
+    from bbrctl.store import RunDir
+    from bbrctl.store.atomic import TMP_SUFFIX
+
+    rd = RunDir(run_dir)
+    gone = []
+    for d in (rd.path, rd.checkpoints):
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file():
+                try:
+                    p.unlink()
+                    gone.append(p)
+                except OSError:
+                    pass
+    return gone
+
+
+# --------------------------------------------------------------------------- RNG state
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random state the training step can touch, for this process."""
+    """Every random state the training step can touch, for this process, as weights-only data."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,8 +202,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]

@@ -308,11 +308,9 @@ class Reporter:
         """Per-iteration scalars, already on the host."""
         if not self.main or not records:
             return
-        path = self.run_dir / store.METRICS
-        with open(path, "a", encoding="utf-8") as f:
-            import json
+        import json
 
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        store.append_lines(self.run_dir / store.METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         last = records[-1]
         window = sum(r["time"] for r in records)
         rate = len(records) / window if window > 0 else float("nan")
@@ -382,10 +380,15 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     base_lr = scaled_lr(sched)
 
-    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    notes: list[str] = []
+    if dist.main:
+        ckpt.remove_stale_temps(run_dir)     # train holds the run's lock: no save is under way
+    state = ckpt.load_latest(run_dir, note=notes.append)
     start, elapsed_before = 0, 0.0
     if state is not None:
-        if signature and state.get("signature") not in (None, signature):
+        job = store.read_job(run_dir) or {}
+        accepted = {None, signature, job.get("signature"), *(job.get("previous_signatures") or [])}
+        if signature and state.get("signature") not in accepted:
             raise RuntimeError(f"{ckpt.checkpoint_path(run_dir)} belongs to another config (signature "
                                f"{state.get('signature')}, this run is {signature}); move it away to start over")
         model.load_state_dict(state["model"])
@@ -410,6 +413,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
             model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
 
     reporter = Reporter(run_dir, dist, max_iter, start, progress, wandb)
+    for msg in notes:
+        reporter.log(msg)
     log_period = max(1, int(sched.get("log_period", 20)))
     clip = sched.get("clip_grad_norm")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -417,6 +422,9 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     timing = {"train_s": 0.0, "eval_s": 0.0, "train_images": 0}
 
     def save(iteration: int) -> None:
+        # Logged iterations reach metrics.jsonl before the checkpoint that covers them: a
+        # kill after the save never loses them (the resumed run does not redo them).
+        flush()
         rngs = [ckpt.rng_state()]
         if dist.distributed:
             rngs = [None] * dist.world_size

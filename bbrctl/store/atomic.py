@@ -15,28 +15,39 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from bbrctl.errors import STORAGE_ERRNOS, StorageError
+
 TMP_SUFFIX = ".tmp"
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
-    A failure (or Ctrl-C) inside ``write`` leaves the old file and no temp file behind.
+    A failure (or Ctrl-C) inside ``write`` leaves the old file and no temp file behind. A
+    place that cannot be written (disk full, read-only, no permission) raises
+    StorageError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(path, e) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(path, e) from None
         raise
 
 
@@ -65,8 +76,16 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
+def append_lines(path: str | os.PathLike, lines: str) -> None:
+    """Append whole lines (one write() call: concurrent readers see whole lines or nothing new)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(lines)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(path, e) from None
+        raise
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    # One write() of one line: concurrent readers see whole lines or nothing new.
-    line = json.dumps(record, sort_keys=True, default=float) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    append_lines(path, json.dumps(record, sort_keys=True, default=float) + "\n")
