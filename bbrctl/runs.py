@@ -115,10 +115,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signatur
 
     job.json carries the resolved config as JSON so status and report can read thousands
     of runs without a YAML parser. An existing directory with a different signature is
-    refused rather than overwritten (results would be mixed).
+    refused rather than overwritten (results would be mixed). Both files hold the config
+    with secret-looking values redacted (bbrctl.redact).
     """
     import yaml  # PyYAML ships with omegaconf; kept out of module import for start-up speed
 
+    from bbrctl.redact import redact, redact_overrides
+
+    # Secret-looking values (a token in launcher.setup) never reach the run directory.
+    cfg_container, overrides = redact(cfg_container), redact_overrides(overrides or [])
     run_dir = Path(run_dir)
     existing = read_json(run_dir / JOB)
     if isinstance(existing, dict) and existing.get("signature") not in (None, signature):

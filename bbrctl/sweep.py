@@ -709,10 +709,12 @@ def load_manifest(sweep_dir: str | os.PathLike) -> dict:
 
 
 def save_manifest(sweep_dir: str | os.PathLike, manifest: dict) -> None:
+    from bbrctl.redact import redact
     from bbrctl.runs import atomic_write_json
 
     manifest["updated"] = time.time()
-    atomic_write_json(Path(sweep_dir) / MANIFEST, manifest)
+    # Overrides and launch records as typed may hold a token (launcher.setup); the file does not.
+    atomic_write_json(Path(sweep_dir) / MANIFEST, redact(manifest))
 
 
 def merge_jobs_into_manifest(manifest: dict, plan: SweepPlan) -> dict:
