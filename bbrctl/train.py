@@ -65,6 +65,13 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         ensure_dataset(data)  # COCO-format: only checks that the files exist
     check_model_config(cfg)  # after data: model sizes default to data.image_size
     check_schedule(cfg["schedule"])
+    from bbrctl.detection.wandb_sink import check_config, resolve_mode
+
+    wcfg = cfg.get("wandb") or {}
+    if not isinstance(wcfg, Mapping):
+        raise UserError(f"wandb must be a mapping of wandb.* settings, got {wcfg!r}")
+    resolve_mode(wcfg.get("mode"))
+    check_config(wcfg)
 
 
 def check_schedule(s: Mapping[str, Any]) -> None:
@@ -179,7 +186,7 @@ def train(run_dir: str | os.PathLike, *, device: str | None = None, progress: bo
         if dist.main:
             runs.write_status(run_dir, "running", iteration=0, max_iter=int(cfg["schedule"]["max_iter"]),
                               device=str(dist.device), world_size=dist.world_size)
-            sink = WandbSink(cfg, run_dir, name=run_dir.name)
+            sink = WandbSink(cfg, run_dir, name=run_dir.name, job=runs.read_job(run_dir))
         out = engine.run(cfg, run_dir, dist, progress=progress and dist.main, wandb=sink, signature=sig)
         code = 0
     except engine.Requeue as e:
@@ -195,23 +202,30 @@ def train(run_dir: str | os.PathLike, *, device: str | None = None, progress: bo
                            "from the last checkpoint", started=t0)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded in the run directory
-        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        from bbrctl.redact import redact_text
+
+        msg = redact_text(" ".join(f"{type(e).__name__}: {e}".split()))
         if dist.main:
             with open(run_dir / runs.LOG, "a", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
+                f.write(redact_text(traceback.format_exc()))
             _write_results(run_dir, "failed", sig, cfg, error=msg, started=t0)
         raise TrainingFailed(f"training failed: {msg} (traceback in {run_dir / runs.LOG})") from e
     finally:
-        if sink is not None:
-            if code == 0 and out.get("metrics"):
-                sink.summary({f"final/{t}/{k}": v for t, m in out["metrics"].items() for k, v in m.items()})
-            sink.finish(exit_code=0 if code in (0, REQUEUE_EXIT) else 1)
+        if sink is not None and code != 0:
+            sink.finish(exit_code=0 if code == REQUEUE_EXIT else 1)
         engine.cleanup_distributed(dist)
     if not dist.main:
         return {"status": "done", "rank": dist.rank}
     results = _write_results(run_dir, "done", sig, cfg, metrics=out["metrics"], iteration=out["iteration"],
                              wall_time_s=out["wall_time_s"], timing=out["timing"], device=str(dist.device),
-                             world_size=dist.world_size)
+                             world_size=dist.world_size, per_category=_per_category_safe(out.get("per_category")),
+                             **({"wandb": sink.describe()} if sink is not None and sink.enabled else {}))
+    if sink is not None:
+        # After results.json: the run's artifact holds it.
+        try:
+            sink.finish_run(results, device=str(dist.device))
+        finally:
+            sink.finish(exit_code=0)
     return results
 
 
@@ -222,6 +236,10 @@ def _write_results(run_dir: Path, status: str, sig: str, cfg: Mapping[str, Any],
         iteration = st.get("iteration", 0)
     if wall_time_s is None and started is not None:
         wall_time_s = time.time() - started
+    if error is not None:
+        from bbrctl.redact import redact_text
+
+        error = redact_text(error)
     results = {
         "status": status,
         "metrics": _json_safe(metrics or {}),
@@ -241,6 +259,12 @@ def _json_safe(metrics: Mapping[str, Any]) -> dict:
     # no NaN, so it is written as null.
     return {t: {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
             for t, m in metrics.items()}
+
+
+def _per_category_safe(per_category: Mapping[str, Any] | None) -> dict:
+    """Per-category AP rows with NaN (a category without ground truth) written as null."""
+    return {t: [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+                for row in rows] for t, rows in (per_category or {}).items()}
 
 
 def train_from_overrides(overrides: Sequence[str] = (), config_dirs: Iterable[str] = (), *,
