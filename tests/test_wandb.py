@@ -409,3 +409,31 @@ def test_train_refuses_bad_wandb_settings_before_creating_anything(tmp_path):
     out = run_cli(["train", "data=shapes_tiny", "schedule=smoke", "wandb.images=-1"], tmp_path)
     assert out.returncode == 2 and "wandb.images" in out.stderr and out.stderr.count("\n") == 1, out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_on_a_real_cluster_the_secret_is_only_in_the_batch_script(slurm_cluster, tmp_path):
+    """The same check where SLURM itself runs the array and writes its logs under runs/."""
+    from helpers import run_cli
+
+    wandb_dir = tmp_path / "wandb-dir"
+    env = _env(WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
+    env.pop("WANDB_API_KEY", None)
+    args = ["sweep", "loss=giou,eiou", "data=shapes_tiny", "schedule=smoke", "launcher=slurm",
+            "launcher.cpus_per_task=1", "launcher.time=20", SETUP, "wandb.mode=offline", "--name", "wbslurm", "--wait"]
+    out = run_cli(args, tmp_path, env=env, timeout=400)
+    assert out.returncode == 0, out.stdout + out.stderr
+    sweep_dir = tmp_path / "runs" / "wbslurm"
+    (script,) = (sweep_dir / "slurm").glob("launch-*.sbatch")
+    assert all(x in script.read_text() for x in SECRETS)
+    from helpers import wait_until
+
+    logs = lambda: [p for p in (sweep_dir / "slurm" / "logs").glob("*.out") if "train exited" in p.read_text()]
+    assert wait_until(lambda: len(logs()) == 2, 60)
+    assert all("setup ran" in p.read_text() for p in logs())
+    leaked = [p for root in (tmp_path,) for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+              and p != script and any(x.encode() in p.read_bytes() for x in SECRETS)]
+    assert not leaked
+    assert len(segments(wandb_dir / "wandb")) == 2
