@@ -20,6 +20,7 @@ in results.json when the run directory exists. Importing this module imports no 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from bbrctl import store
 from bbrctl.config import legacy_signature, signature, validate
 from bbrctl.errors import UserError
+from bbrctl.redact import redact_text
 from bbrctl.store import RunDir, locks
 from bbrctl.store.names import ensure_inside, sanitize
 
@@ -57,20 +59,7 @@ def run_name(cfg: Mapping[str, Any]) -> str:
 
 
 def load_run_config(run_dir: str | os.PathLike) -> dict:
-    import yaml  # PyYAML ships with omegaconf
-
-    path = Path(run_dir) / store.CONFIG
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run directory {str(run_dir)!r} does not exist")
-    if not path.is_file():
-        raise UserError(f"{str(path)!r} does not exist; prepare the run with `bbrctl sweep` or run `bbrctl train OVERRIDES`")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{str(path)!r} is not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{str(path)!r} does not hold a config mapping")
-    return cfg
+    return store.read_config(run_dir)
 
 
 def check_signature(run_dir: Path, cfg: Mapping[str, Any]) -> str:
@@ -145,7 +134,7 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
         if dist.main:
             store.write_status(run_dir, "running", iteration=0, max_iter=int(cfg["schedule"]["max_iter"]),
                               device=str(dist.device), world_size=dist.world_size)
-            sink = WandbSink(cfg, run_dir, name=run_dir.name)
+            sink = WandbSink(cfg, run_dir, name=run_dir.name, job=store.read_job(run_dir))
         out = engine.run(cfg, run_dir, dist, progress=progress and dist.main, wandb=sink, signature=sig)
         code = 0
     except engine.Requeue as e:
@@ -161,23 +150,27 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
                            "from the last checkpoint", started=t0)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded in the run directory
-        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        msg = redact_text(" ".join(f"{type(e).__name__}: {e}".split()))
         if dist.main:
-            with open(run_dir / store.LOG, "a", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
+            store.append_lines(RunDir(run_dir).log, redact_text(traceback.format_exc()))
             _write_results(run_dir, "failed", sig, cfg, error=msg, started=t0)
         raise TrainingFailed(f"training failed: {msg} (traceback in {run_dir / store.LOG})") from e
     finally:
-        if sink is not None:
-            if code == 0 and out.get("metrics"):
-                sink.summary({f"final/{t}/{k}": v for t, m in out["metrics"].items() for k, v in m.items()})
-            sink.finish(exit_code=0 if code in (0, REQUEUE_EXIT) else 1)
+        if sink is not None and code != 0:
+            sink.finish(exit_code=0 if code == REQUEUE_EXIT else 1)
         engine.cleanup_distributed(dist)
     if not dist.main:
         return {"status": "done", "rank": dist.rank}
     results = _write_results(run_dir, "done", sig, cfg, metrics=out["metrics"], iteration=out["iteration"],
                              wall_time_s=out["wall_time_s"], timing=out["timing"], device=str(dist.device),
-                             world_size=dist.world_size)
+                             world_size=dist.world_size, per_category=_per_category_safe(out.get("per_category")),
+                             **({"wandb": sink.describe()} if sink is not None and sink.enabled else {}))
+    if sink is not None:
+        # After results.json: the run's artifact holds it.
+        try:
+            sink.finish_run(results, device=str(dist.device))
+        finally:
+            sink.finish(exit_code=0)
     return results
 
 
@@ -190,7 +183,13 @@ def _write_results(run_dir: Path, status: str, sig: str, cfg: Mapping[str, Any],
         wall_time_s = time.time() - started
     return store.write_results(run_dir, status, signature=sig, metrics=metrics, iteration=iteration,
                                max_iter=(cfg.get("schedule") or {}).get("max_iter"), wall_time_s=wall_time_s,
-                               error=error, **extra)
+                               error=redact_text(error) if error is not None else None, **extra)
+
+
+def _per_category_safe(per_category: Mapping[str, Any] | None) -> dict:
+    """Per-category AP rows with NaN (a category without ground truth) written as null."""
+    return {t: [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+                for row in rows] for t, rows in (per_category or {}).items()}
 
 
 def train_from_overrides(overrides: Sequence[str] = (), config_dirs: Iterable[str] = (), *,

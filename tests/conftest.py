@@ -19,6 +19,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def _hermetic_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    # Set by wandb itself in a process that logged (an in-process offline test): children
+    # would share that process's wandb service instead of starting their own.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    # Tests that turn W&B on (offline) keep its staging, cache and settings out of ~.
+    wb = tmp_path_factory.getbasetemp() / "wandb-home"
+    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                     ("WANDB_ARTIFACT_DIR", "artifacts")):
+        monkeypatch.setenv(var, str(wb / sub))
+    monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("BBRCTL_CONFIG_PATH", raising=False)
     # The synthetic dataset is deterministic, so one copy serves the whole session.
     monkeypatch.setenv("BBRCTL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))

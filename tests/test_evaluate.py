@@ -227,3 +227,72 @@ def test_evaluator_accumulates_batches(tmp_path):
         ev.update(outs, batch)
     m = ev.compute()["bbox"]
     assert m["AP"] == pytest.approx(100.0) and m["AP75"] == pytest.approx(100.0)
+
+
+# --------------------------------------------------------------------------- per-category AP
+
+
+def _pycocotools_per_category(gt: dict, dets: list[dict], iou_type: str, tmp_path, cat_id: int) -> list[float]:
+    """pycocotools' stats when it evaluates one category alone (params.catIds = [cat_id])."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(path))
+        dts = copy.deepcopy(dets)
+        if iou_type == "segm":
+            for d in dts:
+                d.pop("bbox", None)
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dts), iou_type)
+        ev.params.catIds = [cat_id]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return list(ev.stats)
+
+
+@pytest.mark.parametrize("seed,iou_type", [(0, "bbox"), (4, "bbox"), (5, "segm")])
+def test_per_category_ap_equals_pycocotools_on_each_category_alone(seed, iou_type, tmp_path):
+    from bbrctl.detection.evaluate import evaluate_with_categories
+
+    gt = make_gt(seed)
+    dets = make_dets(gt, seed, segm=iou_type == "segm")
+    metrics, per_cat = evaluate_with_categories(gt, dets, iou_type)
+    assert [r["category_id"] for r in per_cat] == [3, 7, 11]
+    assert [r["name"] for r in per_cat] == ["a", "b", "c"]
+    for row in per_cat:
+        ref = stats_to_metrics(_pycocotools_per_category(gt, dets, iou_type, tmp_path, row["category_id"]))
+        for key in ("AP", "AP50", "AP75"):
+            assert row[key] == pytest.approx(ref[key], abs=1e-6), (row, key, ref[key])
+    # The categories differ (the check is not passing on a constant), and the overall AP is
+    # their mean, as COCO defines it.
+    aps = [r["AP"] for r in per_cat]
+    assert max(aps) - min(aps) > 1
+    assert metrics["AP"] == pytest.approx(sum(aps) / len(aps), abs=1e-6)
+
+
+def test_a_category_without_ground_truth_has_nan_ap(tmp_path):
+    from bbrctl.detection.evaluate import evaluate_with_categories
+
+    gt = make_gt(1)
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != 7]
+    dets = make_dets(gt, 1)
+    dets.append({"image_id": 1, "category_id": 7, "bbox": [1.0, 1.0, 10.0, 10.0], "score": 0.9})
+    _, per_cat = evaluate_with_categories(gt, dets, "bbox")
+    by_id = {r["category_id"]: r for r in per_cat}
+    assert math.isnan(by_id[7]["AP"]) and math.isnan(by_id[7]["AP50"])
+    assert not math.isnan(by_id[3]["AP"])
+
+
+def test_coco_evaluator_keeps_per_category_ap(tmp_path):
+    gt = make_gt(2)
+    dets = make_dets(gt, 2)
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    ev = CocoEvaluator(path, {1: 3, 2: 7, 3: 11})
+    ev.extend(dets, [im["id"] for im in gt["images"]])
+    metrics = ev.compute()
+    assert set(ev.per_category) == {"bbox"} and len(ev.per_category["bbox"]) == 3
+    assert metrics["bbox"]["AP"] == pytest.approx(sum(r["AP"] for r in ev.per_category["bbox"]) / 3, abs=1e-6)

@@ -14,7 +14,7 @@ from bbrctl.errors import UserError
 @app.command("report")
 def report_command(
     table: Optional[str] = typer.Option(None, "--table", "-t", help="Table to build: 1, 2, 3 or a name from report/*.yaml."),
-    figure: Optional[str] = typer.Option(None, "--figure", "-f", help="Figure to build: 7, 8, 9a, 9b, 9c or a name from report/*.yaml."),
+    figure: Optional[str] = typer.Option(None, "--figure", "-f", help="Figure to build: 7, 8, 9a, 9b, 9c, detections or a name from report/*.yaml."),
     list_: bool = typer.Option(False, "--list", help="List the table and figure definitions and exit."),
     runs_root: Optional[str] = RunsRootOpt,
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Only runs of this sweep."),
@@ -25,29 +25,43 @@ def report_command(
     wandb: bool = typer.Option(False, "--wandb", help="Also log the table/figure to a W&B run in the sweep's group (offline without an account)."),
     precision: int = typer.Option(1, "--precision", help="Decimals in md/latex/terminal cells."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files, print nothing but their paths."),
+    run: Optional[List[str]] = typer.Option(None, "--run", help="--figure detections: a run directory to draw (repeat it: one column per run).", metavar="DIR"),
+    images: int = typer.Option(4, "--images", help="--figure detections: val images to draw (rows), 1-32."),
+    score_threshold: float = typer.Option(0.5, "--score-threshold", help="--figure detections: lowest score drawn."),
+    device: Optional[str] = typer.Option(None, "--device", help="--figure detections: cpu | cuda (default: cuda if available)."),
     config_dir: Optional[List[str]] = ConfigDirOpt,
 ) -> None:
     """Build the paper's tables (--table 1|2|3) and figures (--figure 7|8|9a|9b|9c) from runs.
 
     Rows are matched to runs by config values (conf/report/*.yaml); seeds are aggregated as
     mean ± std (n); unfinished or failed runs show in their cells with a footnote.
+    `--figure detections --run A --run B` draws the same val images under runs A and B
+    side by side with their boxes (as the paper's Figures 10-11), from their checkpoints.
     """
     from bbrctl.report import definitions
-    from bbrctl.report.main import print_outcome, report_figure, report_table
+    from bbrctl.report.main import print_outcome, report_detections, report_figure, report_table
 
     dirs = as_list(config_dir)
     if list_:
         for kind, key, title, path in definitions.listing(dirs):
             flag = "--table" if kind == "table" else "--figure"
             typer.echo(f"{flag} {key:<6} {title}  ({path})")
+        typer.echo("--figure detections  the same val images under each --run DIR, boxes drawn (Figs. 10-11)")
         return
     if (table is None) == (figure is None):
         raise UserError("give exactly one of --table ID or --figure ID (see `bbrctl report --list`)")
-    from bbrctl.store.root import runs_root as resolve_runs_root
+    if figure == "detections":
+        outcome = report_detections(as_list(run), images=images, score_threshold=score_threshold, out=out,
+                                    wandb=wandb, device=device)
+    else:
+        if run:
+            raise UserError("--run is for --figure detections; tables and other figures read every run under "
+                            "the runs root")
+        from bbrctl.store.root import runs_root as resolve_runs_root
 
-    kwargs = dict(runs=str(resolve_runs_root(runs_root)), sweep=sweep, where=as_list(where), fmt=fmt, out=out, paper=paper, wandb=wandb,
-                  config_dirs=dirs, precision=precision)
-    outcome = report_table(table, **kwargs) if table is not None else report_figure(figure, **kwargs)
+        kwargs = dict(runs=str(resolve_runs_root(runs_root)), sweep=sweep, where=as_list(where), fmt=fmt, out=out, paper=paper, wandb=wandb,
+                      config_dirs=dirs, precision=precision)
+        outcome = report_table(table, **kwargs) if table is not None else report_figure(figure, **kwargs)
     if out == "-":
         typer.echo(outcome.text, nl=False)
     elif not quiet:
@@ -55,5 +69,7 @@ def report_command(
     for path in outcome.files:
         typer.echo(f"wrote {path}", err=True)
     if outcome.wandb:
-        typer.echo(f"logged to W&B ({outcome.wandb['mode']}, project {outcome.wandb['project']}, "
-                   f"group {outcome.wandb['group']}): {outcome.wandb['run_dir']}", err=True)
+        w = outcome.wandb
+        where_ = w.get("url") or f"{w['run_dir']} (upload it with `wandb sync {w['run_dir']}`)"
+        typer.echo(f"logged to W&B ({w['mode']}, project {w['project']}, group {w['group']}, run "
+                   f"{w.get('run_id')}): {where_}", err=True)

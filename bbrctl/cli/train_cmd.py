@@ -61,6 +61,10 @@ def _print_results(run_dir: Path, results: dict) -> None:
     for iou_type, m in (results.get("metrics") or {}).items():
         cells = "  ".join(f"{k} {_fmt(v)}" for k, v in m.items())
         typer.echo(f"  {iou_type}: {cells}")
+    w = results.get("wandb")
+    if isinstance(w, dict) and not results.get("skipped"):
+        hint = "" if w.get("mode") == "online" else f" (upload it with `wandb sync {w.get('location')}`)"
+        typer.echo(f"  W&B run {w.get('id')} ({w.get('mode')}, group {w.get('group')}): {w.get('location')}{hint}")
 
 
 def _fmt(v) -> str:

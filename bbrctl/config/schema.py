@@ -58,11 +58,15 @@ TOP: Keys = {
 }
 GROUPS = ("loss", "model", "backbone", "data", "schedule", "launcher", "wandb", "sweep")
 
+_W_NAME = Nullable(inner=Str(pattern=r"(?s)(?=.*\S).{1,128}", what="a name of 1-128 characters"), required=False)
 WANDB: Keys = {
     "mode": Choice(values=WANDB_MODES),
-    "project": optional(Str(pattern=r"[^/\\#?%:]{1,128}", what="a W&B project name (no / \\ # ? % :)")),
-    "entity": Nullable(inner=Str()),
-    "group": Nullable(inner=Str()),
+    "project": _W_NAME,
+    "entity": _W_NAME,
+    "group": _W_NAME,                      # null: the sweep's name (a single train: the run's)
+    "tags": optional(ListOf(item=AnyOf(options=(Str(), Float())))),
+    "images": optional(Int(lo=0, hi=32)),  # val images in the end-of-run panel (0: none)
+    "log_checkpoint": optional(Bool()),
 }
 
 SWEEP: Keys = {

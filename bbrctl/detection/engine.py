@@ -213,11 +213,13 @@ def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None) -> dict | None:
+def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None,
+             details: dict | None = None) -> dict | None:
     """COCO metrics of ``model`` on the val split: {"bbox": {AP..APl}, ["segm": ...]}.
 
     Every rank runs its share of the images; rank 0 gathers the detections and computes
-    the metrics (other ranks return None).
+    the metrics (other ranks return None). On rank 0, ``details["per_category"]`` gets
+    each IoU type's per-category AP (CocoEvaluator.per_category) when a dict is passed.
     """
     from bbrctl.detection.data import EvalSampler, build_dataset, collate, contiguous_to_cat_id
     from bbrctl.detection.evaluate import CocoEvaluator
@@ -248,7 +250,10 @@ def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dat
         evaluator.results, evaluator.image_ids = [], []
         for results, ids in gathered:
             evaluator.extend(results, ids)
-    return evaluator.compute()
+    metrics = evaluator.compute()
+    if details is not None:
+        details["per_category"] = evaluator.per_category
+    return metrics
 
 
 def _amp_enabled(cfg: Mapping[str, Any], dist: Dist) -> bool:
@@ -290,9 +295,10 @@ class Reporter:
     def log(self, msg: str) -> None:
         if not self.main:
             return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        with open(self.run_dir / store.LOG, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        from bbrctl.redact import redact_text
+
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(msg)}"
+        store.append_lines(self.run_dir / store.LOG, line + "\n")
         if self._progress is not None:
             self._progress.console.print(line, highlight=False, markup=False)
         else:  # batch jobs: the scheduler's log file gets the same lines
@@ -320,8 +326,8 @@ class Reporter:
             self._progress.update(self._task, rate=f"{rate:.2f} it/s", terms=terms)
         self.log(f"iter {last['iteration']}/{self.max_iter} lr {last['lr']:.5f} {terms} ({rate:.2f} it/s)")
         if self.wandb is not None:
-            for r in records:
-                self.wandb.log({("train/" + k): v for k, v in r.items() if k != "iteration"}, step=r["iteration"])
+            self.wandb.log_history([(r["iteration"], {("train/" + k): v for k, v in r.items() if k != "iteration"})
+                                    for r in records])
 
     def status(self, iteration: int, force: bool = False, **fields) -> None:
         if not self.main:
@@ -345,8 +351,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
         wandb=None, signature: str | None = None, on_checkpoint: Callable[[int], None] | None = None) -> dict:
     """Train (or resume) the run in ``run_dir`` and evaluate it; return a results dict.
 
-    Returns ``{"metrics", "iteration", "max_iter", "wall_time_s", "timing"}`` on rank 0
-    (metrics None elsewhere). Raises :class:`Requeue` after a signal-triggered
+    Returns ``{"metrics", "iteration", "max_iter", "per_category", "wall_time_s", "timing"}``
+    on rank 0 (metrics and per_category None elsewhere). Raises :class:`Requeue` after a signal-triggered
     checkpoint, FloatingPointError when the loss stops being finite.
     """
     from bbrctl.detection.data import build_dataset, ensure_dataset, num_classes
@@ -527,7 +533,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
             reporter.status(max_iter, force=True, phase="evaluating")
             reporter.log("evaluating on the val split")
             t_eval = time.perf_counter()
-            metrics = evaluate(model, cfg, dist)
+            final: dict = {}
+            metrics = evaluate(model, cfg, dist, details=final)
             timing["eval_s"] += time.perf_counter() - t_eval
             _log_eval(reporter, run_dir, max_iter, metrics)
             # Ranks > 0 wait here while rank 0 computes the metrics: one that tore its
@@ -538,7 +545,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
         reporter.close()
     if timing["train_s"] > 0:
         timing["images_per_s"] = timing["train_images"] / timing["train_s"]
-    return {"metrics": metrics, "iteration": it, "max_iter": max_iter,
+    return {"metrics": metrics, "iteration": it, "max_iter": max_iter, "per_category": final.get("per_category"),
             "wall_time_s": elapsed_before + (time.perf_counter() - t_start), "timing": timing}
 
 

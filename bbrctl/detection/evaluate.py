@@ -36,6 +36,13 @@ def evaluate_detections(ann_file: str | os.PathLike | dict, detections: Sequence
     masks, as detectron2 does). ``img_ids`` restricts the evaluation to those images
     (default: every image of the annotation file). The inputs are not modified.
     """
+    return evaluate_with_categories(ann_file, detections, iou_type, img_ids)[0]
+
+
+def evaluate_with_categories(ann_file: str | os.PathLike | dict, detections: Sequence[Mapping[str, Any]],
+                             iou_type: str = "bbox", img_ids: Iterable[int] | None = None
+                             ) -> tuple[dict[str, float], list[dict]]:
+    """:func:`evaluate_detections` and :func:`per_category_ap` from one COCOeval pass."""
     from faster_coco_eval import COCO, COCOeval_faster
 
     if iou_type not in IOU_TYPES:
@@ -53,7 +60,41 @@ def evaluate_detections(ann_file: str | os.PathLike | dict, detections: Sequence
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return stats_to_metrics(ev.stats)
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in gt.loadCats(gt.getCatIds())}
+    return stats_to_metrics(ev.stats), per_category_ap(ev.eval["precision"], ev.params.catIds,
+                                                       ev.params.iouThrs, ev.params.maxDets, names)
+
+
+def per_category_ap(precision, cat_ids: Sequence[int], iou_thrs: Sequence[float], max_dets: Sequence[int],
+                    names: Mapping[int, str] | None = None) -> list[dict]:
+    """AP, AP50 and AP75 (percent) of each category from COCOeval's accumulated precision.
+
+    ``precision`` is ``COCOeval.eval["precision"]``, shape [T IoU thresholds, R recall
+    points, K categories, A area ranges, M max-detection settings], -1 where undefined.
+    A category's AP is the mean over T and R of its column at area "all" and the largest
+    max-detections setting: what COCOeval's ``stats[0:3]`` give when evaluated on that one
+    category (tests/test_evaluate.py checks this against pycocotools). A category without
+    ground truth among the evaluated images gets NaN.
+    """
+    import numpy as np
+
+    p = np.asarray(precision, dtype=np.float64)
+    thrs = np.asarray(iou_thrs, dtype=np.float64)
+    m = len(max_dets) - 1
+    out = []
+    for k, cat in enumerate(cat_ids):
+        col = p[:, :, k, 0, m]
+
+        def mean(block) -> float:
+            valid = block[block > -1]
+            return float(valid.mean() * 100.0) if valid.size else math.nan
+
+        row = {"category_id": int(cat), "name": (names or {}).get(int(cat), str(int(cat))), "AP": mean(col)}
+        for key, thr in (("AP50", 0.5), ("AP75", 0.75)):
+            t = np.where(np.isclose(thrs, thr))[0]
+            row[key] = mean(col[t]) if t.size else math.nan
+        out.append(row)
+    return out
 
 
 def stats_to_metrics(stats: Sequence[float]) -> dict[str, float]:
@@ -180,6 +221,7 @@ class CocoEvaluator:
         for images, targets in loader:
             ev.update(model(images), [t["image_id"] for t in targets])
         metrics = ev.compute()      # {"bbox": {"AP": ..}, "segm": {...}}
+        ev.per_category             # {"bbox": [{"category_id", "name", "AP", "AP50", "AP75"}, ...]}
 
     With DDP, gather ``ev.results`` and ``ev.image_ids`` on rank 0 and ``extend`` them.
     Only the evaluated images count (``img_ids``), so a subset evaluation is fair.
@@ -196,6 +238,7 @@ class CocoEvaluator:
         self.mask_threshold = mask_threshold
         self.results: list[dict] = []
         self.image_ids: list[int] = []
+        self.per_category: dict[str, list[dict]] = {}   # filled by compute()
 
     def update(self, outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[int]) -> None:
         ids = [int(i) for i in image_ids]
@@ -209,5 +252,8 @@ class CocoEvaluator:
     def compute(self) -> dict[str, dict[str, float]]:
         if not self.image_ids:
             raise ValueError("nothing to evaluate: no images were passed to update()")
-        return {t: evaluate_detections(self.ann_file, self.results, t, img_ids=self.image_ids)
-                for t in self.iou_types}
+        metrics = {}
+        for t in self.iou_types:
+            metrics[t], self.per_category[t] = evaluate_with_categories(self.ann_file, self.results, t,
+                                                                        img_ids=self.image_ids)
+        return metrics

@@ -83,6 +83,15 @@ def _run_wandb(run_dirs: Iterable[str], col: Collection) -> dict:
     return {}
 
 
+def _wandb_dir(out: str | None, out_dir: Path) -> Path:
+    """Where a report's W&B files go (unless WANDB_DIR says): beside the --out file, else out_dir."""
+    return Path(out).parent if out and out != "-" else Path(out_dir)
+
+
+def _runs_by_dir(col: Collection) -> dict:
+    return {str(r.dir): r for r in col.runs}
+
+
 def _csv_rows(text: str) -> tuple[list[str], list[list[Any]]]:
     rows = list(csv.reader(io.StringIO(text)))
     header, body = rows[0], rows[1:]
@@ -124,11 +133,14 @@ def report_table(key: str, *, runs: str | os.PathLike = "runs", sweep: str | Non
         from bbrctl.report.render import to_csv, to_markdown
         from bbrctl.report.wandb_sink import log_report
 
+        from bbrctl.report.wandb_sink import with_trace
+
         dirs = [d for r in tr.rows for d in r.runs]
-        header, rows = _csv_rows(to_csv(tr))
+        header, rows = with_trace(*_csv_rows(to_csv(tr)), [r.runs for r in tr.rows], _runs_by_dir(col))
         outcome.wandb = log_report(defn.name, defn.title, header, rows, markdown=to_markdown(tr, precision),
                                    group=sweep or _common_sweep(dirs, col), run_wandb=_run_wandb(dirs, col),
-                                   out_dir=Path(out_dir))
+                                   out_dir=_wandb_dir(out, out_dir),
+                                   config={"runs_root": str(runs), "sweep": sweep, "where": list(where)})
     return outcome
 
 
@@ -173,7 +185,8 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
 
             header, rows = summary_rows(sr)
             outcome.wandb = log_report(defn.name, defn.title, header, rows, images=[png],
-                                       markdown=simulation_text(sr, "md"), group=sweep, out_dir=Path(out_dir))
+                                       markdown=simulation_text(sr, "md"), group=sweep, out_dir=_wandb_dir(out, out_dir),
+                                       config={"runs_root": str(runs)})
         return outcome
 
     from bbrctl.report.figures import build_figure, figure_csv, figure_dict, figure_markdown, plot_figure
@@ -199,12 +212,51 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
     if wandb:
         from bbrctl.report.wandb_sink import log_report
 
+        from bbrctl.report.wandb_sink import with_trace
+
         dirs = [d for p in fr.points for d in p.runs]
-        header, rows = _csv_rows(figure_csv(fr))
+        points = fr.points + ([fr.reference] if fr.reference else [])  # figure_csv's row order
+        header, rows = with_trace(*_csv_rows(figure_csv(fr)), [p.runs for p in points], _runs_by_dir(col))
         outcome.wandb = log_report(defn.name, defn.title, header, rows, images=[png],
                                    markdown=figure_markdown(fr, precision),
                                    group=sweep or _common_sweep(dirs, col), run_wandb=_run_wandb(dirs, col),
-                                   out_dir=Path(out_dir))
+                                   out_dir=_wandb_dir(out, out_dir),
+                                   config={"runs_root": str(runs), "sweep": sweep, "where": list(where)})
+    return outcome
+
+
+def report_detections(run_dirs: Sequence[str], *, images: int = 4, score_threshold: float = 0.5,
+                      out: str | None = None, wandb: bool = False, device: str | None = None,
+                      out_dir: Path = DEFAULT_DIR) -> Outcome:
+    """``--figure detections``: the same val images under each run, boxes drawn (PNG)."""
+    from bbrctl.report.detections import check_runs, detections_figure
+
+    dirs = check_runs(run_dirs, images, score_threshold)  # bad input fails before torch loads
+    if out == "-":
+        raise UserError("--out - (stdout) is for tables; --figure detections writes a PNG: give --out FILE.png")
+    if out and Path(out).suffix.lower() != ".png":
+        raise UserError(f"--out {out!r}: --figure detections writes a PNG; give a .png file name")
+    png_path = Path(out) if out else Path(out_dir) / "detections.png"
+    if png_path.is_dir():
+        raise UserError(f"--out {out!r} is a directory; give a file name such as {png_path / 'detections.png'}")
+    png, info = detections_figure(dirs, images=images, score_threshold=score_threshold, device=device)
+    atomic_write_bytes(png_path, png)
+    lines = [f"{label}: {sum(info['detections_shown'][label])} detections drawn" for label in info["labels"]]
+    text = (f"detections on val images {', '.join(str(i) for i in info['image_ids'])} "
+            f"(score >= {score_threshold:g}):\n" + "".join(f"  {line}\n" for line in lines))
+    outcome = Outcome("detections", "detections", "png", text, info, [png_path])
+    if wandb:
+        from bbrctl.report.wandb_sink import TRACE_COLUMNS, log_report, trace_cells
+
+        by_dir = {str(d): r for d in dirs for r in collect(d).runs[:1]}  # a run dir collects itself
+        rows = [[label, *trace_cells([str(d)], by_dir)] for label, d in zip(info["labels"], dirs)]
+        sweeps = {r.sweep for r in by_dir.values()}
+        run_wandb = next((r.config["wandb"] for r in by_dir.values() if isinstance(r.config.get("wandb"), dict)), {})
+        outcome.wandb = log_report("detections", "Detections on the same val images", ["run", *TRACE_COLUMNS], rows,
+                                   images=[png_path], group=sweeps.pop() if len(sweeps) == 1 else None,
+                                   run_wandb=run_wandb, out_dir=_wandb_dir(out, out_dir),
+                                   config={"runs": [str(d) for d in dirs], "images": images,
+                                           "score_threshold": score_threshold})
     return outcome
 
 
@@ -233,6 +285,9 @@ def print_outcome(outcome: Outcome, precision: int = 1, console=None, stream=Non
                          notes=outcome.result.notes, console=console)
         else:
             stream.write(figure_markdown(outcome.result, precision))
+        return
+    if outcome.kind == "detections":
+        stream.write(outcome.text)
         return
     from bbrctl.report.simulation import simulation_text
 

@@ -21,13 +21,13 @@ from bbrctl.store.atomic import (append_jsonl, append_lines, atomic_write_bytes,
                                  atomic_write_with, read_json)
 from bbrctl.store.paths import (CHECKPOINTS, CONFIG, JOB, LOG, MANIFEST, METRICS, RESULTS, STATUS, STDOUT_LOG,
                                 TRAIN_SWEEP, RunDir, SweepDir)
-from bbrctl.store.rundir import (DamagedFile, load_checked, prepare_run_dir, read_job, read_progress, read_results,
+from bbrctl.store.rundir import (DamagedFile, load_checked, prepare_run_dir, read_config, read_job, read_progress, read_results,
                                  read_status, write_results, write_status)
 from bbrctl.store.schemas import AP_KEYS, FINAL, STATES, results_record
 
 __all__ = [
     "append_jsonl", "append_lines", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_write_with", "read_json",
     "CHECKPOINTS", "CONFIG", "JOB", "LOG", "MANIFEST", "METRICS", "RESULTS", "STATUS", "STDOUT_LOG", "TRAIN_SWEEP",
-    "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_job", "read_progress",
+    "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_config", "read_job", "read_progress",
     "read_results", "read_status", "write_results", "write_status", "AP_KEYS", "FINAL", "STATES", "results_record",
 ]

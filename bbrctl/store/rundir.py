@@ -54,6 +54,27 @@ def read_job(run_dir: str | os.PathLike) -> dict | None:
     return load_checked(RunDir(run_dir).job, schemas.check_job)
 
 
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """The resolved config a run directory holds (config.yaml); one-line UserError otherwise."""
+    import yaml  # PyYAML; kept out of module import for start-up speed
+
+    rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        raise UserError(f"run directory {str(rd.path)!r} does not exist")
+    if not rd.config.is_file():
+        raise UserError(f"{str(rd.config)!r} does not exist; prepare the run with `bbrctl sweep` or run "
+                        "`bbrctl train OVERRIDES`")
+    try:
+        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{str(rd.config)!r} is not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    except OSError as e:
+        raise DamagedFile(f"{str(rd.config)!r} cannot be read ({e.strerror or e})") from None
+    if not isinstance(cfg, dict):
+        raise DamagedFile(f"{str(rd.config)!r} does not hold a config mapping")
+    return cfg
+
+
 def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict:
     if state not in schemas.STATES:
         raise ValueError(f"unknown run state {state!r}; valid: {', '.join(schemas.STATES)}")
@@ -87,10 +108,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signatur
     of runs without a YAML parser. An existing directory with a different signature is
     refused rather than overwritten (results would be mixed); one found under a previous
     signature (see bbrctl.config.signature) is adopted: job.json records the new
-    signature and keeps the old one in ``previous_signatures``.
+    signature and keeps the old one in ``previous_signatures``. Both files hold the config
+    with secret-looking values redacted (bbrctl.redact).
     """
     import yaml  # PyYAML; kept out of module import for start-up speed
 
+    from bbrctl.redact import redact, redact_overrides
+
+    # Secret-looking values (a token in launcher.setup) never reach the run directory.
+    cfg_container, overrides = redact(cfg_container), redact_overrides(overrides or [])
     rd = RunDir(run_dir)
     existing = read_job(rd.path)
     previous = list(previous_signatures or [])
