@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from bbrctl import store
 from bbrctl.config import legacy_signature, signature, validate
-from bbrctl.errors import UserError
+from bbrctl.errors import StorageError, UserError
 from bbrctl.redact import redact_text
 from bbrctl.store import RunDir, locks
 from bbrctl.store.names import ensure_inside, sanitize
@@ -88,19 +88,38 @@ def train(run_dir: str | os.PathLike, *, device: str | None = None, progress: bo
     """Run or resume the job in ``run_dir``; return its results dict (see module doc)."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    done = store.read_results(run_dir)
-    if done is not None and done.get("status") == "done":
-        return {**done, "skipped": True}
     if not _is_main_process():
+        # Every rank makes the same decision from the same file; rank 0 owns the directory.
+        done = store.read_json(RunDir(run_dir).results)
+        if isinstance(done, dict) and done.get("status") == "done":
+            return {**done, "skipped": True}
         return _train(run_dir, cfg, device, progress)
     fd = locks.try_lock(RunDir(run_dir).lock, "bbrctl train")
     if fd is None:
         raise locks.Locked(f"{run_dir} is being trained by {locks.holder(RunDir(run_dir).lock)}; "
                            "wait for it, or stop it first")
     try:
+        done = _results_or_set_aside(run_dir)
+        if done is not None and done.get("status") == "done":
+            return {**done, "skipped": True}
         return _train(run_dir, cfg, device, progress)
     finally:
         locks.release(fd)
+
+
+def _results_or_set_aside(run_dir: Path) -> dict | None:
+    """results.json, or None; a damaged one is renamed aside (kept for inspection), so the
+    job runs again instead of staying stuck on a file nobody can read."""
+    try:
+        return store.read_results(run_dir)
+    except store.DamagedFile as e:
+        rd = RunDir(run_dir)
+        aside = rd.results.with_name(f"{rd.results.name}.damaged-{int(time.time())}")
+        os.replace(rd.results, aside)
+        msg = f"{e}; moved aside to {aside.name}, the job runs again"
+        store.append_lines(rd.log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        print(f"bbrctl: note: {msg}", file=sys.stderr, flush=True)
+        return None
 
 
 def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) -> dict:
@@ -148,6 +167,13 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
         if dist.main:
             _write_results(run_dir, "failed", sig, cfg, error="interrupted (KeyboardInterrupt); run again to resume "
                            "from the last checkpoint", started=t0)
+        raise
+    except StorageError as e:
+        if dist.main:
+            try:    # the disk that refused the checkpoint may refuse this too
+                _write_results(run_dir, "failed", sig, cfg, error=str(e), started=t0)
+            except StorageError:
+                pass
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded in the run directory
         msg = redact_text(" ".join(f"{type(e).__name__}: {e}".split()))

@@ -34,8 +34,8 @@ def test_setup2_writes_curves_quantiles_summary_and_figures(tmp_path, capsys):
     code, stdout, err = cli(["simulate", "--setup", "2", "--points", "20", "--iterations", "30", "--out", str(out), "-q",
                              "--losses", "giou,eiou,focal_eiou"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["error_curves.csv", "error_curves.png", "iou_boxplots.png",
-                                                    "iou_quantiles.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".bbrctl-simulation", "error_curves.csv", "error_curves.png",
+                                                     "iou_boxplots.png", "iou_quantiles.csv", "summary.json"]
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
@@ -131,9 +131,18 @@ def test_explicit_out_is_not_overwritten_without_force(tmp_path, capsys):
     argv = ["simulate", "--setup", "2", "--points", "2", "--iterations", "3", "--out", str(out), "--no-plots", "-q"]
     code, _, err = cli(argv, capsys)
     assert code == 2 and "--force" in err and (out / "precious.txt").read_text() == "keep"
+    # --force replaces simulation outputs only: someone's data is never deleted.
+    code, _, err = cli([*argv, "--force"], capsys)
+    assert code == 2 and "not a bbrctl simulation" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    sim = tmp_path / "sim"
+    argv = [*argv[:-4], "--out", str(sim), "--no-plots", "-q"]
+    assert cli(argv, capsys)[0] == 0
+    (sim / "summary.json").write_text("{}")     # an older run of it, to be replaced
     code, _, err = cli([*argv, "--force"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["error_curves.csv", "iou_quantiles.csv", "summary.json"]
+    assert sorted(p.name for p in sim.iterdir()) == [".bbrctl-simulation", "error_curves.csv", "iou_quantiles.csv",
+                                                     "summary.json"]
     f = tmp_path / "afile"
     f.write_text("x")
     code, _, err = cli([*argv[:-4], "--out", str(f), "--no-plots", "-q"], capsys)
@@ -157,7 +166,7 @@ def test_figure1_reproduces_the_papers_ciou_numbers(tmp_path, capsys):
     out = tmp_path / "f1"
     code, stdout, err = cli(["simulate", "--figure", "1", "--out", str(out)], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["figure.json", "figure1.csv", "figure1.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".bbrctl-simulation", "figure.json", "figure1.csv", "figure1.png"]
     meta = json.loads((out / "figure.json").read_text())
     ciou = meta["boxes"]["ciou"]["at_check"]
     assert ciou["iteration"] == 50

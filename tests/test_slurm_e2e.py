@@ -40,6 +40,21 @@ def test_a_partition_the_cluster_lacks_is_refused_before_anything_exists(slurm_c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.timeout(300)
+def test_a_percent_sign_in_the_runs_root_reaches_slurm_literally(slurm_cluster, tmp_path):
+    """%j in a path would be a SLURM filename pattern: the log must land in the literal folder."""
+    root = tmp_path / "r%j 100%A"
+    out = cli(["sweep", "loss=eiou", *TINY, "--name", "pct", "--runs-root", str(root), "--wait"], tmp_path,
+              timeout=250)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (d,) = run_dirs(root / "pct")
+    assert json.loads((d / "results.json").read_text())["status"] == "done"
+    (launch,) = json.loads((root / "pct" / "sweep.json").read_text())["launches"]
+    log = root / "pct" / "slurm" / "logs" / f"{launch['array_job_id']}_0.out"
+    assert wait_until(lambda: log.is_file() and "train exited 0" in log.read_text(), 60), list(tmp_path.rglob("*.out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]
+
+
 @pytest.mark.timeout(420)
 def test_slurm_sweep_runs_hostile_values_to_completion_then_resubmits_nothing(slurm_cluster, tmp_path):
     canary = tmp_path / "PWNED"

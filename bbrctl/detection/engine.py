@@ -551,20 +551,22 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
 
 def _truncate_metrics(run_dir: Path, iteration: int) -> None:
     """Drop metrics.jsonl lines past ``iteration``: after a hard kill, the iterations
-    since the last checkpoint are redone and must not be logged twice."""
+    since the last checkpoint are redone and must not be logged twice. Lines that are not
+    a record bbrctl writes (torn by a kill, edited, another tool's) are dropped too."""
     import json
 
     path = run_dir / store.METRICS
     if not path.exists():
         return
     keep = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by the kill
+            except ValueError:
                 continue
-            if isinstance(rec, dict) and int(rec.get("iteration", 0)) <= iteration:
+            it = rec.get("iteration") if isinstance(rec, dict) else None
+            if isinstance(it, int) and not isinstance(it, bool) and 0 <= it <= iteration:
                 keep.append(line if line.endswith("\n") else line + "\n")
     store.atomic_write_text(path, "".join(keep))
 

@@ -47,7 +47,8 @@ def cancel(sweep: str, runs_root: Path, wait_s: float = 180.0) -> dict:
         if j.state == "running" and j.active and not j.slurm_id:
             st = read_json(RunDir(j.dir).status)
             st = st if isinstance(st, dict) else {}
-            if st.get("host") == host and pid_alive(st.get("pid")) and st.get("pid") not in out["local_stopped"] \
+            if st.get("host") == host and pid_alive(st.get("pid"), st.get("pid_start")) \
+                    and st.get("pid") not in out["local_stopped"] \
                     and parent_pid(st["pid"]) not in supervisors:
                 try:
                     os.kill(int(st["pid"]), signal.SIGTERM)

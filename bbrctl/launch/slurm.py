@@ -85,9 +85,16 @@ def render(settings: dict, *, sweep_name: str, tasks_file: Path, n_tasks: int) -
 
 
 def sbatch_argv(script: Path, n_tasks: int, max_parallel: int, log_dir: Path, job_name: str) -> list[str]:
-    # Paths go on the command line, not in #SBATCH lines, so spaces in them are harmless.
+    # Paths go on the command line, not in #SBATCH lines, so spaces in them are harmless;
+    # a % in them would be read as a filename pattern (%j, %A): it is doubled.
+    logs = pattern_literal(str(log_dir))
     return ["sbatch", "--parsable", f"--array=0-{n_tasks - 1}%{max_parallel}", f"--job-name={job_name}",
-            f"--output={log_dir}/%A_%a.out", f"--error={log_dir}/%A_%a.out", str(script)]
+            f"--output={logs}/%A_%a.out", f"--error={logs}/%A_%a.out", str(script)]
+
+
+def pattern_literal(path: str) -> str:
+    """``path`` as a literal inside a SLURM filename pattern (``%`` is its escape character)."""
+    return path.replace("%", "%%")
 
 
 def test_submit(argv: Sequence[str], script_text: str, cwd: Path | None = None) -> None:

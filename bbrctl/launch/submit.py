@@ -30,6 +30,7 @@ from bbrctl.launch.decide import JobDecision, decide
 from bbrctl.launch.follow import follow
 from bbrctl.status import ProgressView, counts, sweep_jobs
 from bbrctl.store import RunDir, SweepDir, atomic_write_text, locks, prepare_run_dir
+from bbrctl.store.atomic import made_dirs
 from bbrctl.store.manifest import load_manifest, next_launch_id, save_manifest
 from bbrctl.store.procs import proc_start_time
 from bbrctl.sweep import SweepPlan
@@ -86,9 +87,10 @@ def launch(plan: SweepPlan, *, wait: bool = False, echo: Callable[[str], None] |
                                             plan.sweep_dir / "slurm" / "logs", f"bbrctl-{plan.name}"), text)
 
     sweep = SweepDir(plan.sweep_dir)
-    sweep.path.mkdir(parents=True, exist_ok=True)
-    with locks.locked(sweep.lock, f"bbrctl sweep {plan.name}",
-                      f"another `bbrctl sweep` is launching {plan.name} right now; try again when it returns"):
+    # A launch that fails before anything was made leaves no empty sweep directory behind.
+    with made_dirs(sweep.path, keep=(sweep.lock.name,)), \
+            locks.locked(sweep.lock, f"bbrctl sweep {plan.name}",
+                         f"another `bbrctl sweep` is launching {plan.name} right now; try again when it returns"):
         manifest = load_manifest(plan.sweep_dir)
         decisions = decide(plan, manifest)
         todo = [d for d in decisions if d.action == "launch"]

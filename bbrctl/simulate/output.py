@@ -28,13 +28,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bbrctl.errors import UserError
+from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 from bbrctl.store import atomic_write_json, atomic_write_text, read_json
 
 SUMMARY = "summary.json"
 ERROR_CSV = "error_curves.csv"
 QUANTILE_CSV = "iou_quantiles.csv"
 DONE_MARKERS = (SUMMARY, "figure.json")
+# Written first into every simulation output: --force replaces only directories holding it
+# (or a finished simulation of an older bbrctl), never someone's other data.
+MARKER = ".bbrctl-simulation"
 
 
 def default_run_dir(kind: str, signature: str, runs_root: str | os.PathLike = "runs") -> Path:
@@ -45,17 +48,25 @@ def is_complete(run_dir: Path) -> bool:
     return any(isinstance(read_json(run_dir / m), dict) for m in DONE_MARKERS)
 
 
+def is_simulation_output(run_dir: Path) -> bool:
+    return (run_dir / MARKER).is_file() or is_complete(run_dir)
+
+
 def check_destination(run_dir: Path, *, explicit: bool, force: bool) -> bool:
     """Refuse unusable destinations before any work; True if a finished run can be reused.
 
-    An explicit ``--out`` that exists and is not empty is refused unless forced (it may be
-    someone's data); the default, signature-named directory is reused when complete.
+    An explicit ``--out`` that exists and is not empty is refused unless forced; even
+    forced, only a simulation output (its marker file) is replaced, never other data. The
+    default, signature-named directory is reused when complete.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {str(run_dir)!r} exists and is not a directory; give a directory path")
-    if not run_dir.is_dir() or force:
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return False
-    if not any(run_dir.iterdir()):
+    if force:
+        if not is_simulation_output(run_dir):
+            raise UserError(f"{str(run_dir)!r} holds files that are not a bbrctl simulation (no {MARKER}); "
+                            "--force replaces only simulation outputs: choose another directory")
         return False
     if explicit:
         raise UserError(f"--out {str(run_dir)!r} exists and is not empty; pass --force to replace it "
@@ -73,27 +84,37 @@ def staged(run_dir: Path, *, force: bool) -> Iterator[Path]:
     for parent in reversed(run_dir.parents):  # remember what we create, to undo on failure
         if not parent.exists():
             created.append(parent)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(run_dir, e) from None
+        raise
     try:
         os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it 0700; a run dir is for everyone to read
+        (tmp / MARKER).write_text("written by bbrctl simulate; --force may replace this directory\n")
         yield tmp
         if run_dir.exists():
-            if not force and any(run_dir.iterdir()):
-                raise UserError(f"{str(run_dir)!r} appeared while simulating; pass --force to replace it")
+            if any(run_dir.iterdir()) and (not force or not is_simulation_output(run_dir)):
+                raise UserError(f"{str(run_dir)!r} appeared while simulating; pass --force to replace it"
+                                if not force else f"{str(run_dir)!r} now holds files that are not a bbrctl "
+                                "simulation; not replaced")
             old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".old", dir=run_dir.parent))
             os.replace(run_dir, old / "d")
             os.replace(tmp, run_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, run_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         for d in reversed(created):
             try:
                 d.rmdir()
             except OSError:
                 pass
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(run_dir, e) from None
         raise
 
 

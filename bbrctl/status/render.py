@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bbrctl.status.inspect import JobState, counts, summary_line, sweep_jobs
-from bbrctl.store import discovery
+from bbrctl.store import DamagedFile, discovery
 
 
 def render_table(name: str, jobs: Sequence[JobState], console=None) -> None:
@@ -51,7 +51,11 @@ def render_overview(runs_root: Path, console=None) -> list[dict]:
 
     rows = []
     for d in discovery.list_sweep_dirs(runs_root):
-        jobs = sweep_jobs(d)
+        try:
+            jobs = sweep_jobs(d)
+        except DamagedFile as e:        # one damaged sweep.json must not hide the other sweeps
+            rows.append({"sweep": d.name, "dir": str(d), "jobs": 0, **counts([]), "damaged": str(e)})
+            continue
         rows.append({"sweep": d.name, "dir": str(d), "jobs": len(jobs), **counts(jobs)})
     if console is not False:
         console = console or Console()
@@ -62,6 +66,9 @@ def render_overview(runs_root: Path, console=None) -> list[dict]:
         for col in ("sweep", "jobs", "pending", "running", "requeued", "done", "failed"):
             table.add_column(col, justify="left" if col == "sweep" else "right")
         for r in rows:
+            if r.get("damaged"):
+                table.add_row(Text(r["sweep"]), Text(f"damaged: {r['damaged']}", style="red"))
+                continue
             table.add_row(Text(r["sweep"]), *(str(r[k]) for k in ("jobs", "pending", "running", "requeued", "done", "failed")))
         console.print(table)
     return rows

@@ -9,11 +9,12 @@ line, so concurrent readers see whole lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from bbrctl.errors import STORAGE_ERRNOS, StorageError
 
@@ -48,6 +49,37 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             pass
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             raise StorageError.of(path, e) from None
+        raise
+
+
+@contextlib.contextmanager
+def made_dirs(path: str | os.PathLike, keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Create ``path`` (and missing parents) for the block; on failure remove what was created.
+
+    ``keep``: names of files the block may leave in ``path`` that count as nothing (a lock
+    file): removed with it.
+    """
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(path, e) from None
+        raise
+    try:
+        yield path
+    except BaseException:
+        for d in created:           # deepest first
+            for name in keep:
+                try:
+                    (d / name).unlink()
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+            except OSError:
+                break               # not empty: something else lives there now
         raise
 
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bbrctl.errors import UserError
+from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 from bbrctl.store import schemas
-from bbrctl.store.atomic import atomic_write_json, atomic_write_text
+from bbrctl.store.atomic import atomic_write_json, atomic_write_text, made_dirs
 from bbrctl.store.paths import RunDir
 from bbrctl.store.procs import proc_start_time
 
@@ -126,12 +126,49 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signatur
         known = list(dict.fromkeys([*(existing.get("previous_signatures") or []), existing["signature"]]))
         atomic_write_json(rd.job, {**existing, "signature": signature, "previous_signatures": known})
         return rd.path
-    rd.path.mkdir(parents=True, exist_ok=True)
-    if not rd.config.exists():
-        atomic_write_text(rd.config, yaml.safe_dump(cfg_container, sort_keys=False))
-    if existing is None:
-        atomic_write_json(rd.job, {
-            "signature": signature, "name": name, "sweep": sweep, "overrides": list(overrides or []),
-            "created": time.time(), "config": cfg_container,
-        })
+    job = {"signature": signature, "name": name, "sweep": sweep, "overrides": list(overrides or []),
+           "created": time.time(), "config": cfg_container}
+    config_text = yaml.safe_dump(cfg_container, sort_keys=False)
+    if rd.path.is_dir():
+        # A directory without job.json (a hand-made one, or one an older bbrctl left
+        # half-written): complete it, config.yaml first.
+        if not rd.config.exists():
+            atomic_write_text(rd.config, config_text)
+        if existing is None:
+            atomic_write_json(rd.job, job)
+        return rd.path
+    # A new run directory appears whole or not at all: built beside its final name, renamed.
+    with made_dirs(rd.path.parent):
+        _build_run_dir(rd, signature, config_text, job)
     return rd.path
+
+
+def _build_run_dir(rd: RunDir, signature: str, config_text: str, job: dict) -> None:
+    import shutil
+    import tempfile
+
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{rd.name}.", suffix=".tmp", dir=rd.path.parent))
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError.of(rd.path, e) from None
+        raise
+    try:
+        os.chmod(tmp, 0o755)
+        atomic_write_text(RunDir(tmp).config, config_text)
+        atomic_write_json(RunDir(tmp).job, job)
+        try:
+            os.rename(tmp, rd.path)
+        except OSError as e:
+            if e.errno in STORAGE_ERRNOS:
+                raise StorageError.of(rd.path, e) from None
+            if not rd.path.is_dir():
+                raise
+            # Another launcher made it meanwhile: theirs stands (job.json decides below).
+            shutil.rmtree(tmp, ignore_errors=True)
+            other = read_job(rd.path)
+            if other is not None and other.get("signature") != signature:
+                raise UserError(f"{rd.path} holds another job (signature {other.get('signature')}, not {signature})")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
