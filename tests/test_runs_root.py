@@ -36,15 +36,17 @@ def test_every_command_reads_the_same_environment_variable(tmp_path, monkeypatch
                               text=True, timeout=300)
 
     tiny = ["data=shapes_tiny", "schedule=smoke", "model.min_size=64", "model.max_size=64"]
-    r = cli("sweep", *tiny, "seed=0", "--name", "envroot", "--wait")
-    assert r.returncode == 0, r.stderr
+    r = cli("sweep", *tiny, "seed=0,1", "--name", "envroot", "--dry-run", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["sweep_dir"] == str(root / "envroot"), r.stderr
     r = cli("train", *tiny, "seed=1", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in root.iterdir()) == ["envroot", "train"] and list(work.iterdir()) == []
+    assert sorted(p.name for p in root.iterdir()) == ["train"] and list(work.iterdir()) == []
     st = json.loads(cli("status", "--json").stdout)
-    assert st["runs_root"] == str(root) and {s["sweep"] for s in st["sweeps"]} == {"envroot", "train"}
-    rep = cli("report", "--table", "1", "--format", "json", "--out", "-", "--sweep", "envroot")
+    assert st["runs_root"] == str(root) and {s["sweep"] for s in st["sweeps"]} == {"train"}
+    rep = cli("report", "--table", "1", "--format", "json", "--out", "-")
     assert rep.returncode == 0, rep.stderr
+    rows = {r["id"]: r for r in json.loads(rep.stdout)["rows"]}
+    assert rows["focal_eiou"]["state"] == "done" and rows["focal_eiou"]["runs"][0].startswith(str(root))
     # --runs-root wins over the variable, for every command.
     r = cli("status", "--runs-root", str(work / "none"), "--json")
     assert json.loads(r.stdout)["sweeps"] == []
