@@ -26,7 +26,6 @@ SUMMARY = "summary.json"
 CURVES = "error_curves.csv"
 QUANTILES = "iou_quantiles.csv"
 SUMMARY_COLUMNS = ("final_error", "mean_iou", "median_iou", "frac_iou_gt_0.5", "frac_iou_gt_0.75", "frac_iou_gt_0.9")
-_SKIP = {"checkpoints", "wandb", "__pycache__"}
 
 
 @dataclass
@@ -48,28 +47,17 @@ class SimulationResult:
 
 def find_simulations(root: Path, setup: int) -> list[tuple[float, Path]]:
     """(mtime, dir) of every readable simulation output of ``setup`` under ``root``, newest first."""
+    from bbrctl.store.discovery import find_dirs_holding
+
     found = []
-    stack = [(str(root), 0)]
-    while stack:
-        d, depth = stack.pop()
+    for d in find_dirs_holding(root, SUMMARY, max_depth=6):
+        p = d / SUMMARY
         try:
-            with os.scandir(d) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        names = {e.name for e in entries}
-        if SUMMARY in names:
-            p = Path(d) / SUMMARY
-            try:
-                summary = json.loads(p.read_bytes())
-                if isinstance(summary, dict) and summary.get("setup") == setup:
-                    found.append((p.stat().st_mtime, Path(d)))
-            except (OSError, ValueError):
-                pass
-            continue
-        if depth < 6:
-            stack += [(e.path, depth + 1) for e in entries
-                      if not e.name.startswith(".") and e.name not in _SKIP and e.is_dir(follow_symlinks=False)]
+            summary = json.loads(p.read_bytes())
+            if isinstance(summary, dict) and summary.get("setup") == setup:
+                found.append((p.stat().st_mtime, d))
+        except (OSError, ValueError):
+            pass
     found.sort(key=lambda t: (t[0], str(t[1])), reverse=True)
     return found
 

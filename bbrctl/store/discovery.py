@@ -70,8 +70,12 @@ def find_sweep_dir(sweep: str, runs_root: str | os.PathLike) -> Path:
     raise UserError(f"no sweep {sweep!r} under {str(runs_root)!r} (sweeps there: {known})")
 
 
-def find_run_dirs(root: str | os.PathLike) -> list[Path]:
-    """Every directory under ``root`` (itself included) that holds a job.json; sorted."""
+def find_dirs_holding(root: str | os.PathLike, name: str, max_depth: int = _MAX_DEPTH) -> list[Path]:
+    """Every directory under ``root`` (itself included) holding a file ``name``; sorted.
+
+    Such a directory is not descended into; hidden directories and a run's own
+    checkpoints/ and wandb/ are skipped; links are not followed.
+    """
     found: list[str] = []
     stack = [(str(root), 0)]
     while stack:
@@ -81,10 +85,10 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
                 entries = list(it)
         except OSError:
             continue
-        if any(e.name == JOB for e in entries):
+        if any(e.name == name for e in entries):
             found.append(d)
             continue
-        if depth >= _MAX_DEPTH:
+        if depth >= max_depth:
             continue
         for e in entries:
             if e.name.startswith(".") or e.name in _SKIP_DIRS:
@@ -96,3 +100,8 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
                 continue
     found.sort()
     return [Path(d) for d in found]
+
+
+def find_run_dirs(root: str | os.PathLike) -> list[Path]:
+    """Every run directory (one holding job.json) under ``root``; sorted."""
+    return find_dirs_holding(root, JOB)

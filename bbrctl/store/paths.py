@@ -46,9 +46,7 @@ TRAIN_SWEEP = "train"           # the folder of single `bbrctl train` runs
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """One job's directory."""
-
+class _Dir:
     path: Path
 
     def __init__(self, path: str | os.PathLike):
@@ -60,6 +58,10 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+class RunDir(_Dir):
+    """One job's directory."""
 
     @property
     def config(self) -> Path:
@@ -98,21 +100,8 @@ class RunDir:
         return self.path / TRAIN_LOCK
 
 
-@dataclass(frozen=True)
-class SweepDir:
+class SweepDir(_Dir):
     """One sweep's directory (also the ``train/`` folder of single runs)."""
-
-    path: Path
-
-    def __init__(self, path: str | os.PathLike):
-        object.__setattr__(self, "path", Path(path))
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     @property
     def manifest(self) -> Path:
