@@ -199,7 +199,9 @@ LAUNCHER: dict[str, Keys] = {
         "qos": Nullable(inner=_directive),
         "time": Nullable(inner=AnyOf(options=(Int(lo=1), Str(pattern=SLURM_TIME,
                                                               what="a SLURM time (MM, HH:MM:SS, D-HH:MM:SS)")))),
-        "gpus_per_job": Int(lo=0, hi=64),
+        "gpus_per_job": Int(lo=0, hi=64, doc="GPUs per node"),
+        "nodes": optional(Int(lo=1, hi=1024, doc="nodes per job: one torchrun agent each")),
+        "max_requeues": optional(Int(lo=0, hi=10000, doc="self-requeues per array task (SLURM_RESTART_COUNT)")),
         "cpus_per_task": Int(lo=1, hi=4096),
         "mem": Nullable(inner=AnyOf(options=(Int(lo=1), Str(pattern=SLURM_MEM, what="a SLURM memory size (16000, 32G)")))),
         "max_parallel": Int(lo=1),
@@ -374,15 +376,52 @@ def _check_launcher(cfg: Mapping[str, Any]) -> None:
         return      # the local launcher knows its world size only from the GPUs it sees (launch.local)
     world = world_size(lau)
     bs = cfg["schedule"]["batch_size"]
+    nodes = int(lau.get("nodes") or 1)
+    per = f"launcher.nodes={nodes} x launcher.gpus_per_job={lau['gpus_per_job']}" if nodes > 1 else \
+        f"launcher.gpus_per_job={lau['gpus_per_job']}"
     _need(bs % world == 0, f"schedule.batch_size={bs} is not divisible by the {world} processes of a job "
-                           f"(launcher.gpus_per_job={lau['gpus_per_job']}); choose a multiple of {world}")
+                           f"({per}); choose a multiple of {world}")
+    limit = slurm_minutes(lau.get("time"))
+    sig = int(lau.get("signal_seconds") or 0)
+    _need(limit is None or sig < 60 * limit,
+          f"launcher.signal_seconds={sig} must be shorter than launcher.time={lau.get('time')!s} ({60 * (limit or 0)} s): "
+          "SLURM would send the checkpoint signal at the start, and every requeue would do the same")
+
+
+def slurm_minutes(t: Any) -> int | None:
+    """A SLURM time limit in whole minutes (rounded up), None for no limit or an unknown form.
+
+    SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (an integer is minutes).
+    """
+    if t is None or (isinstance(t, str) and t.upper() in ("UNLIMITED", "INFINITE")):
+        return None
+    if is_int(t):
+        return int(t)
+    s = str(t)
+    days = 0
+    if "-" in s:
+        d, s = s.split("-", 1)
+        days = int(d)
+        parts = [int(x) for x in s.split(":")]
+        h, m, sec = (parts + [0, 0])[:3]
+    else:
+        parts = [int(x) for x in s.split(":")]
+        if len(parts) == 1:
+            h, m, sec = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, sec = 0, parts[0], parts[1]
+        else:
+            h, m, sec = parts[:3]
+    total_s = ((days * 24 + h) * 60 + m) * 60 + sec
+    return -(-total_s // 60)
 
 
 def world_size(launcher: Mapping[str, Any]) -> int:
-    """Processes per job as the launcher settings declare them (DDP: one per GPU)."""
+    """Processes per job as the launcher settings declare them: one per GPU on each of
+    ``nodes`` nodes (DDP), one per node without GPUs."""
     gpus = launcher.get("gpus_per_job") or 0
     nodes = launcher.get("nodes") or 1
-    return max(1, int(gpus)) * int(nodes) if gpus else 1
+    return max(1, int(gpus)) * int(nodes)
 
 
 def group_keys(group: str, option: str | None = None) -> list[str]:
