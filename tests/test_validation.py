@@ -59,6 +59,11 @@ BAD = [
     (["data.min_objects=9", "data.max_objects=3"], "data.min_objects=9 must be <= data.max_objects=3"),
     (["data=coco", "data.num_classes=0"], "data.num_classes=0 is not valid"),
     (["+data.bogus=1"], "unknown config key 'data.bogus'; valid data (generated) keys"),
+    (["data=coco", "data.aspect_ratio_group_factor=9"], "data.aspect_ratio_group_factor=9 is not valid: must be an integer in [-1, 8]"),
+    (["data=shapes_coco", "data.image_shapes=[[640]]"], "data.image_shapes=[[640]] is not valid"),
+    (["data=shapes_coco", "data.image_shapes=[[640,20000]]", "data.image_shape_weights=null"], "data.image_shapes=[[640, 20000]] is not valid"),
+    (["data=shapes_coco", "data.image_shape_weights=[1,2]"],
+     "data.image_shape_weights=[1, 2] must give one weight per entry of data.image_shapes (8)"),
     # schedule
     (["schedule.max_iter=-1"], "schedule.max_iter=-1 is not valid: must be an integer >= 1"),
     (["schedule.max_iter=abc"], "schedule.max_iter='abc' is not valid: must be an integer >= 1"),

@@ -33,7 +33,7 @@ INV_E = 1.0 / math.e
 
 # Data sets that bbrctl generates (bbrctl/detection/synth.py); every other data.name is a
 # COCO-format dataset read from disk, identified by that name in signatures.
-SYNTHETIC_DATA = ("shapes", "shapes_tiny")
+SYNTHETIC_DATA = ("shapes", "shapes_tiny", "shapes_coco")
 
 MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 NORMS = ("group", "batch", "frozen_bn")
@@ -129,6 +129,9 @@ _DATA_COMMON: Keys = {
     "name": SAFE_NAME,
     "num_workers": optional(Int(lo=0, hi=256)),
     "anchor_base": Nullable(inner=Float(lo=0.0, lo_open=True), required=False),
+    # Batches grouped by aspect ratio (bbrctl.detection.sampling): -1 off, 0 two groups,
+    # k > 0 torchvision's 2k + 2 bins.
+    "aspect_ratio_group_factor": optional(Int(lo=-1, hi=8)),
 }
 DATA_SYNTHETIC: Keys = {
     **_DATA_COMMON,
@@ -137,7 +140,10 @@ DATA_SYNTHETIC: Keys = {
     "synth_seed": Int(lo=0, hi=2 ** 31 - 1),
     "num_train": Int(lo=1, hi=1_000_000),
     "num_val": Int(lo=1, hi=1_000_000),
-    "image_size": Int(lo=32, hi=2048),
+    "image_size": optional(Int(lo=32, hi=2048)),
+    # Non-square images (data=shapes_coco): [width, height] choices and their weights.
+    "image_shapes": optional(Nullable(inner=ListOf(item=ListOf(item=Int(lo=32, hi=2048), length=2), min_len=1))),
+    "image_shape_weights": optional(Nullable(inner=ListOf(item=Float(lo=0.0), min_len=1))),
     "min_objects": Int(lo=1, hi=50),
     "max_objects": Int(lo=1, hi=50),
     "size_mix": ListOf(item=Float(lo=0.0), length=3),
@@ -350,6 +356,12 @@ def _check_data(d: Any) -> None:
     _need(isinstance(d, dict), f"data must be a group of keys, got {_show(d)}")
     if is_synthetic(d):
         check_group(d, DATA_SYNTHETIC, "data", "data (generated)")
+        shapes, weights = d.get("image_shapes"), d.get("image_shape_weights")
+        _need(d.get("image_size") is not None or shapes,
+              "data.image_size is missing (an integer in [32, 2048]; or give data.image_shapes)")
+        _need(weights is None or (shapes is not None and len(weights) == len(shapes) and sum(weights) > 0),
+              f"data.image_shape_weights={_show(weights)} must give one weight per entry of data.image_shapes "
+              f"({len(shapes) if shapes else 0}), not all zero")
         _need(d["min_objects"] <= d["max_objects"],
               f"data.min_objects={d['min_objects']} must be <= data.max_objects={d['max_objects']}")
         _need(sum(d["size_mix"]) > 0, f"data.size_mix must not be all zero, got {d['size_mix']}")

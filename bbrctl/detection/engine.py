@@ -193,12 +193,15 @@ def _to_device(images, targets, device: torch.device):
 
 def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
     """An endless loader of per-rank batches, positioned at ``start_iter``."""
-    from bbrctl.detection.data import TrainSampler, collate
+    from bbrctl.detection.data import collate
+    from bbrctl.detection.sampling import train_sampler
 
     sched, data_cfg = cfg["schedule"], cfg["data"]
     global_bs = int(sched["batch_size"])
-    sampler = TrainSampler(len(dataset), seed=int(cfg.get("seed", 0)), hflip_prob=float(sched.get("hflip_prob", 0.5)),
-                           start=start_iter * global_bs, rank=dist.rank, world_size=dist.world_size)
+    # TrainSampler, or batches grouped by aspect ratio (data.aspect_ratio_group_factor).
+    sampler = train_sampler(data_cfg, dataset, batch_size=global_bs, seed=int(cfg.get("seed", 0)),
+                            hflip_prob=float(sched.get("hflip_prob", 0.5)), start=start_iter * global_bs,
+                            rank=dist.rank, world_size=dist.world_size)
     workers = int(data_cfg.get("num_workers", 0) or 0)
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
     # An explicit generator keeps the loader from drawing its base seed from the global
