@@ -215,13 +215,21 @@ def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.inference_mode()
 def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None) -> dict | None:
     """COCO metrics of ``model`` on the val split: {"bbox": {AP..APl}, ["segm": ...]}.
 
     Every rank runs its share of the images; rank 0 gathers the detections and computes
     the metrics (other ranks return None).
     """
+    evaluator = infer(model, cfg, dist, val_dataset)
+    return evaluator.compute() if evaluator is not None else None
+
+
+@torch.inference_mode()
+def infer(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None):
+    """Detections of ``model`` on ``val_dataset`` (default: the val split), sharded over the
+    ranks (rank r of w takes images r, r + w, ...) and gathered: rank 0 returns the
+    CocoEvaluator holding every image's detections, the other ranks None."""
     from bbrctl.detection.data import EvalSampler, build_dataset, collate, contiguous_to_cat_id
     from bbrctl.detection.evaluate import CocoEvaluator
 
@@ -251,7 +259,7 @@ def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dat
         evaluator.results, evaluator.image_ids = [], []
         for results, ids in gathered:
             evaluator.extend(results, ids)
-    return evaluator.compute()
+    return evaluator
 
 
 def _amp_enabled(cfg: Mapping[str, Any], dist: Dist) -> bool:
