@@ -124,3 +124,15 @@ def test_a_run_without_checkpoint_and_unsafe_checkpoints_are_refused(trained, tm
 
 class Pickled:
     """Anything torch.load(weights_only=True) must not unpickle."""
+
+
+def test_background_label_detections_are_no_objects():
+    import torch
+
+    from bbrctl.detection.evaluate import to_coco_results
+
+    out = {"boxes": torch.tensor([[0.0, 0, 10, 10], [1, 1, 5, 5], [2, 2, 8, 9]]), "scores": torch.tensor([0.9, 0.5, 0.2]),
+           "labels": torch.tensor([1, 0, 2]), "masks": torch.ones(3, 1, 12, 12) * torch.tensor([0.9, 0.1, 0.8])[:, None, None, None]}
+    res = to_coco_results([out], [7], {1: 11, 2: 12})
+    assert [(r["category_id"], r["score"]) for r in res] == [(11, pytest.approx(0.9)), (12, pytest.approx(0.2))]
+    assert res[1]["bbox"] == [2.0, 2.0, 6.0, 7.0] and all("segmentation" in r for r in res)
