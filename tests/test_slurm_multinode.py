@@ -259,3 +259,26 @@ def test_slurm_time_in_minutes(value, minutes):
     from bbrctl.config.schema import slurm_minutes
 
     assert slurm_minutes(value) == minutes
+
+
+def test_local_supervisor_reads_torchruns_1_as_a_stop_when_rank_0_checkpointed(tmp_path):
+    """The local launcher's multi-GPU jobs run under torchrun too: a stop is not a crash."""
+    from bbrctl.launch import local
+    from bbrctl.store import RunDir, read_results
+
+    stopped, crashed = tmp_path / "stopped", tmp_path / "crashed"
+    for d in (stopped, crashed):
+        d.mkdir()
+    code = ("import sys; sys.path.insert(0, {root!r}); from bbrctl.store import write_status; "
+            "d = sys.argv[1]; d.endswith('stopped') and write_status(d, 'requeued', iteration=4); sys.exit(1)")
+    root = str(Path(slurm.__file__).resolve().parents[2])
+
+    def command(run_dir, gpus):
+        return [sys.executable, "-c", code.format(root=root), str(run_dir)]
+
+    cfg = local.LocalSettings(max_parallel=1, gpus_per_job=2, gpu_groups=[["0", "1"]])
+    codes = local.Supervisor([stopped, crashed], cfg, command=command).run(poll_s=0.05)
+    assert codes == {str(stopped): 75, str(crashed): 1}
+    assert read_results(stopped) is None                          # resumable, not failed
+    assert read_results(crashed)["status"] == "failed"
+    assert RunDir(stopped).path.exists()
