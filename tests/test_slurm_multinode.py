@@ -282,3 +282,15 @@ def test_local_supervisor_reads_torchruns_1_as_a_stop_when_rank_0_checkpointed(t
     assert read_results(stopped) is None                          # resumable, not failed
     assert read_results(crashed)["status"] == "failed"
     assert RunDir(stopped).path.exists()
+
+
+def test_each_process_gets_its_share_of_the_tasks_cpus(tmp_path):
+    text = render(tmp_path / "t", nodes=2, gpus_per_job=4, cpus_per_task=32)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    for cpus, want in (("32", "8"), ("3", "1")):
+        line = [ln for ln in text.splitlines() if ln.startswith(("cpus=", "export OMP_NUM_THREADS="))]
+        out = subprocess.run(["bash", "-c", "\n".join(line) + "\necho $OMP_NUM_THREADS"], capture_output=True,
+                             text=True, env={**env, "SLURM_CPUS_PER_TASK": cpus})
+        assert out.stdout.strip() == want, (cpus, out.stdout, out.stderr)
+    one = render(tmp_path / "t")
+    assert 'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' in one
