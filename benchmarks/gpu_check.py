@@ -55,7 +55,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e6,1e7", help="box pairs for the loss kernels (default 1e6,1e7)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds; later parts are skipped past it")
-    p.add_argument("--train-steps", type=int, default=30, help="timed training steps per variant (CUDA)")
+    p.add_argument("--train-steps", type=int, default=60, help="timed training steps per variant (CUDA)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: N = 1e4, 1e5; a few seconds")
     p.add_argument("--cpu", action="store_true", help="ignore CUDA even when present")
     p.add_argument("--threads", type=int, default=1,
