@@ -317,3 +317,33 @@ def test_a_cluster_refusal_creates_nothing(tmp_path, fake_slurm):
     assert out.returncode == 2 and "SLURM would refuse" in out.stderr and out.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == [] or sorted(p.name for p in tmp_path.iterdir()) == ["fakebin", "fakeslurm"]
     assert not (tmp_path / "runs").exists() and not list(state.glob("submit-*"))
+
+
+def test_show_script_prints_exactly_what_a_launch_submits(tmp_path, fake_slurm):
+    env, state = fake_slurm
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["sweep", "loss=eiou,giou", "launcher=slurm", "launcher.nodes=2", "launcher.partition=debug", "--name", "ms"]
+    out = cli([*args, "--dry-run", "--show-script", "--json"], work, env)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)["submission"]
+    assert list(work.iterdir()) == [] and not list(state.glob("submit-*"))      # a dry run
+    text = cli([*args, "--show-script"], work, env)
+    assert text.returncode == 0 and shown["script"] in text.stdout and "#SBATCH --nodes=2" in text.stdout
+    assert "sbatch --parsable --array=0-1%8" in text.stdout
+    out = cli(args, work, env)
+    assert out.returncode == 0, out.stderr
+    argv = (state / "submit-0.argv").read_text().splitlines()
+    assert ["sbatch", *argv] == shown["sbatch"]
+    assert Path(argv[-1]).read_text() == shown["script"]
+    assert Path(shown["tasks_file"]).read_text().splitlines() == shown["tasks"]
+    # Once submitted, nothing more would be: said in one line.
+    (state / "queue").write_text("900_0|RUNNING\n900_1|PENDING\n")
+    again = cli([*args, "--show-script"], work, env)
+    assert again.returncode == 0 and again.stdout.startswith("# sweep ms: nothing would be submitted"), again.stdout
+
+
+def test_show_script_needs_the_slurm_launcher(tmp_path):
+    out = cli(["sweep", "loss=eiou", "--dry-run", "--show-script"], tmp_path, os.environ)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "launcher=slurm" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []

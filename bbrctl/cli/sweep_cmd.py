@@ -15,6 +15,7 @@ def sweep_command(
     overrides: Optional[List[str]] = OverridesArg,
     config_dir: Optional[List[str]] = ConfigDirOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs (and what would be launched); create and submit nothing."),
+    show_script: bool = typer.Option(False, "--show-script", help="With launcher=slurm: print the batch script and the sbatch command that would be submitted, and the task list (implies --dry-run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job list as JSON."),
     wait: bool = typer.Option(False, "--wait", help="Block until every job has finished, with a progress view."),
     name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to runs/<name>/ (default: the preset's sweep.name, else the swept keys)."),
@@ -32,8 +33,8 @@ def sweep_command(
     from bbrctl.errors import UserError
 
     if cancel is not None:
-        if overrides or dry_run or wait:
-            raise UserError("--cancel SWEEP takes no overrides, --dry-run or --wait")
+        if overrides or dry_run or wait or show_script:
+            raise UserError("--cancel SWEEP takes no overrides, --dry-run, --show-script or --wait")
         from bbrctl.launch import cancel as do_cancel
         from bbrctl.store.root import runs_root as resolve_runs_root
 
@@ -54,7 +55,18 @@ def sweep_command(
     from bbrctl import launch as L
     from bbrctl.sweep import expand
 
+    if show_script and wait:
+        raise UserError("--show-script only shows what would be submitted; it does not go with --wait")
     plan = expand(as_list(overrides), as_list(config_dir), name=name, runs_root=runs_root)
+    if show_script:
+        result = L.LaunchResult(plan, L.decide(plan))
+        sub = L.show_script(plan, result.decisions)     # checks the launcher first
+        if as_json:
+            typer.echo(json.dumps({**result.to_dict(), "submission": sub.to_dict() if sub else None}, indent=2,
+                                  default=str))
+        else:
+            _print_submission(result, sub)
+        return
     if dry_run:
         L.check_launcher(plan)
         result = L.LaunchResult(plan, L.decide(plan))
@@ -98,3 +110,22 @@ def _print_plan(result) -> None:
     console = Console(width=200)
     console.print(table)
     console.print(f"dry run: nothing created or submitted; runs would go to {plan.sweep_dir}")
+
+
+def _print_submission(result, sub) -> None:
+    import shlex
+
+    plan = result.plan
+    if sub is None:
+        from bbrctl.launch.submit import skip_summary
+
+        typer.echo(f"# sweep {plan.name}: nothing would be submitted ({skip_summary(result.decisions)})")
+        return
+    typer.echo(f"# sweep {plan.name}: {len(sub.run_dirs)} array task(s); dry run, nothing created or submitted")
+    typer.echo("# sbatch command:")
+    typer.echo(" ".join(shlex.quote(a) for a in sub.argv))
+    typer.echo(f"# task list {sub.tasks_file} (line i+1 is array task i's run directory):")
+    for d in sub.run_dirs:
+        typer.echo(f"#   {d}")
+    typer.echo(f"# batch script {sub.script}:")
+    typer.echo(sub.text, nl=not sub.text.endswith("\n"))

@@ -33,7 +33,7 @@ INV_E = 1.0 / math.e
 
 # Data sets that bbrctl generates (bbrctl/detection/synth.py); every other data.name is a
 # COCO-format dataset read from disk, identified by that name in signatures.
-SYNTHETIC_DATA = ("shapes", "shapes_tiny")
+SYNTHETIC_DATA = ("shapes", "shapes_tiny", "shapes_coco")
 
 MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 NORMS = ("group", "batch", "frozen_bn")
@@ -133,6 +133,9 @@ _DATA_COMMON: Keys = {
     "name": SAFE_NAME,
     "num_workers": optional(Int(lo=0, hi=256)),
     "anchor_base": Nullable(inner=Float(lo=0.0, lo_open=True), required=False),
+    # Batches grouped by aspect ratio (bbrctl.detection.sampling): -1 off, 0 two groups,
+    # k > 0 torchvision's 2k + 2 bins.
+    "aspect_ratio_group_factor": optional(Int(lo=-1, hi=8)),
 }
 DATA_SYNTHETIC: Keys = {
     **_DATA_COMMON,
@@ -141,7 +144,10 @@ DATA_SYNTHETIC: Keys = {
     "synth_seed": Int(lo=0, hi=2 ** 31 - 1),
     "num_train": Int(lo=1, hi=1_000_000),
     "num_val": Int(lo=1, hi=1_000_000),
-    "image_size": Int(lo=32, hi=2048),
+    "image_size": optional(Int(lo=32, hi=2048)),
+    # Non-square images (data=shapes_coco): [width, height] choices and their weights.
+    "image_shapes": optional(Nullable(inner=ListOf(item=ListOf(item=Int(lo=32, hi=2048), length=2), min_len=1))),
+    "image_shape_weights": optional(Nullable(inner=ListOf(item=Float(lo=0.0), min_len=1))),
     "min_objects": Int(lo=1, hi=50),
     "max_objects": Int(lo=1, hi=50),
     "size_mix": ListOf(item=Float(lo=0.0), length=3),
@@ -203,7 +209,9 @@ LAUNCHER: dict[str, Keys] = {
         "qos": Nullable(inner=_directive),
         "time": Nullable(inner=AnyOf(options=(Int(lo=1), Str(pattern=SLURM_TIME,
                                                               what="a SLURM time (MM, HH:MM:SS, D-HH:MM:SS)")))),
-        "gpus_per_job": Int(lo=0, hi=64),
+        "gpus_per_job": Int(lo=0, hi=64, doc="GPUs per node"),
+        "nodes": optional(Int(lo=1, hi=1024, doc="nodes per job: one torchrun agent each")),
+        "max_requeues": optional(Int(lo=0, hi=10000, doc="self-requeues per array task (SLURM_RESTART_COUNT)")),
         "cpus_per_task": Int(lo=1, hi=4096),
         "mem": Nullable(inner=AnyOf(options=(Int(lo=1), Str(pattern=SLURM_MEM, what="a SLURM memory size (16000, 32G)")))),
         "max_parallel": Int(lo=1),
@@ -352,6 +360,12 @@ def _check_data(d: Any) -> None:
     _need(isinstance(d, dict), f"data must be a group of keys, got {_show(d)}")
     if is_synthetic(d):
         check_group(d, DATA_SYNTHETIC, "data", "data (generated)")
+        shapes, weights = d.get("image_shapes"), d.get("image_shape_weights")
+        _need(d.get("image_size") is not None or shapes,
+              "data.image_size is missing (an integer in [32, 2048]; or give data.image_shapes)")
+        _need(weights is None or (shapes is not None and len(weights) == len(shapes) and sum(weights) > 0),
+              f"data.image_shape_weights={_show(weights)} must give one weight per entry of data.image_shapes "
+              f"({len(shapes) if shapes else 0}), not all zero")
         _need(d["min_objects"] <= d["max_objects"],
               f"data.min_objects={d['min_objects']} must be <= data.max_objects={d['max_objects']}")
         _need(sum(d["size_mix"]) > 0, f"data.size_mix must not be all zero, got {d['size_mix']}")
@@ -378,15 +392,52 @@ def _check_launcher(cfg: Mapping[str, Any]) -> None:
         return      # the local launcher knows its world size only from the GPUs it sees (launch.local)
     world = world_size(lau)
     bs = cfg["schedule"]["batch_size"]
+    nodes = int(lau.get("nodes") or 1)
+    per = f"launcher.nodes={nodes} x launcher.gpus_per_job={lau['gpus_per_job']}" if nodes > 1 else \
+        f"launcher.gpus_per_job={lau['gpus_per_job']}"
     _need(bs % world == 0, f"schedule.batch_size={bs} is not divisible by the {world} processes of a job "
-                           f"(launcher.gpus_per_job={lau['gpus_per_job']}); choose a multiple of {world}")
+                           f"({per}); choose a multiple of {world}")
+    limit = slurm_minutes(lau.get("time"))
+    sig = int(lau.get("signal_seconds") or 0)
+    _need(limit is None or sig < 60 * limit,
+          f"launcher.signal_seconds={sig} must be shorter than launcher.time={lau.get('time')!s} ({60 * (limit or 0)} s): "
+          "SLURM would send the checkpoint signal at the start, and every requeue would do the same")
+
+
+def slurm_minutes(t: Any) -> int | None:
+    """A SLURM time limit in whole minutes (rounded up), None for no limit or an unknown form.
+
+    SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (an integer is minutes).
+    """
+    if t is None or (isinstance(t, str) and t.upper() in ("UNLIMITED", "INFINITE")):
+        return None
+    if is_int(t):
+        return int(t)
+    s = str(t)
+    days = 0
+    if "-" in s:
+        d, s = s.split("-", 1)
+        days = int(d)
+        parts = [int(x) for x in s.split(":")]
+        h, m, sec = (parts + [0, 0])[:3]
+    else:
+        parts = [int(x) for x in s.split(":")]
+        if len(parts) == 1:
+            h, m, sec = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, sec = 0, parts[0], parts[1]
+        else:
+            h, m, sec = parts[:3]
+    total_s = ((days * 24 + h) * 60 + m) * 60 + sec
+    return -(-total_s // 60)
 
 
 def world_size(launcher: Mapping[str, Any]) -> int:
-    """Processes per job as the launcher settings declare them (DDP: one per GPU)."""
+    """Processes per job as the launcher settings declare them: one per GPU on each of
+    ``nodes`` nodes (DDP), one per node without GPUs."""
     gpus = launcher.get("gpus_per_job") or 0
     nodes = launcher.get("nodes") or 1
-    return max(1, int(gpus)) * int(nodes) if gpus else 1
+    return max(1, int(gpus)) * int(nodes)
 
 
 def group_keys(group: str, option: str | None = None) -> list[str]:

@@ -4,6 +4,7 @@ Modules (import the one you need; this package imports nothing heavy)::
 
     synth.py       the synthetic "shapes" dataset: deterministic generator and cache (numpy + PIL)
     data.py        COCO-format data: ensure_dataset, build_dataset, collate, TrainSampler
+    sampling.py    batches grouped by aspect ratio (GroupedTrainSampler), the training sampler a config asks for
     evaluate.py    COCO evaluation (faster-coco-eval) and model outputs -> COCO results
     models.py      torchvision detectors on ResNet-FPN backbones
     heads.py       the configured box-regression loss installed into the detection heads

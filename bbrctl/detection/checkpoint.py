@@ -135,6 +135,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict | None:
     return decode(path)
 
 
+def model_state(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(model state dict, {"format", "iteration", "signature"}) of a bbrctl checkpoint, or of
+    a bare state dict of tensors (weights from elsewhere), loaded weights-only."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, AttributeError, TypeError) as e:
+        raise DamagedCheckpoint(f"{path} is not a checkpoint bbrctl can load safely: it holds objects a "
+                                f"weights-only load refuses ({_short(e)}); bbrctl never unpickles code") from None
+    except Exception as e:  # noqa: BLE001 - unreadable is unreadable
+        raise DamagedCheckpoint(f"{path} is truncated or not a PyTorch file ({_short(e)})") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        state = decode(path)
+        return state["model"], {"format": FORMAT, "iteration": state.get("iteration"),
+                                "signature": state.get("signature")}
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        return obj, {}
+    raise DamagedCheckpoint(f"checkpoint {str(path)!r} is neither a bbrctl checkpoint (format {FORMAT}) nor a "
+                            "state dict of tensors")
+
+
 def load_latest(run_dir: str | os.PathLike, note: Callable[[str], None] = lambda msg: None) -> dict | None:
     """The newest loadable checkpoint of a run: last.pt, else prev.pt (with a note), else None.
 

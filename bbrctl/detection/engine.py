@@ -193,12 +193,15 @@ def _to_device(images, targets, device: torch.device):
 
 def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
     """An endless loader of per-rank batches, positioned at ``start_iter``."""
-    from bbrctl.detection.data import TrainSampler, collate
+    from bbrctl.detection.data import collate
+    from bbrctl.detection.sampling import train_sampler
 
     sched, data_cfg = cfg["schedule"], cfg["data"]
     global_bs = int(sched["batch_size"])
-    sampler = TrainSampler(len(dataset), seed=int(cfg.get("seed", 0)), hflip_prob=float(sched.get("hflip_prob", 0.5)),
-                           start=start_iter * global_bs, rank=dist.rank, world_size=dist.world_size)
+    # TrainSampler, or batches grouped by aspect ratio (data.aspect_ratio_group_factor).
+    sampler = train_sampler(data_cfg, dataset, batch_size=global_bs, seed=int(cfg.get("seed", 0)),
+                            hflip_prob=float(sched.get("hflip_prob", 0.5)), start=start_iter * global_bs,
+                            rank=dist.rank, world_size=dist.world_size)
     workers = int(data_cfg.get("num_workers", 0) or 0)
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
     # An explicit generator keeps the loader from drawing its base seed from the global
@@ -212,7 +215,6 @@ def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.inference_mode()
 def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None,
              details: dict | None = None) -> dict | None:
     """COCO metrics of ``model`` on the val split: {"bbox": {AP..APl}, ["segm": ...]}.
@@ -221,6 +223,20 @@ def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dat
     the metrics (other ranks return None). On rank 0, ``details["per_category"]`` gets
     each IoU type's per-category AP (CocoEvaluator.per_category) when a dict is passed.
     """
+    evaluator = infer(model, cfg, dist, val_dataset)
+    if evaluator is None:
+        return None
+    metrics = evaluator.compute()
+    if details is not None:
+        details["per_category"] = evaluator.per_category
+    return metrics
+
+
+@torch.inference_mode()
+def infer(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dataset=None):
+    """Detections of ``model`` on ``val_dataset`` (default: the val split), sharded over the
+    ranks (rank r of w takes images r, r + w, ...) and gathered: rank 0 returns the
+    CocoEvaluator holding every image's detections, the other ranks None."""
     from bbrctl.detection.data import EvalSampler, build_dataset, collate, contiguous_to_cat_id
     from bbrctl.detection.evaluate import CocoEvaluator
 
@@ -250,10 +266,7 @@ def evaluate(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_dat
         evaluator.results, evaluator.image_ids = [], []
         for results, ids in gathered:
             evaluator.extend(results, ids)
-    metrics = evaluator.compute()
-    if details is not None:
-        details["per_category"] = evaluator.per_category
-    return metrics
+    return evaluator
 
 
 def _amp_enabled(cfg: Mapping[str, Any], dist: Dist) -> bool:

@@ -171,6 +171,14 @@ def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[in
         labels = _numpy(out["labels"]).astype(np.int64).reshape(-1)
         if not (len(boxes) == len(scores) == len(labels)):
             raise ValueError(f"image {img_id}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
+        # Label 0 is the background slot of torchvision's heads: a detection of it (possible
+        # with model.score_thresh near 0) is no object.
+        keep = labels != 0
+        masks = out.get("masks") if hasattr(out, "get") else None
+        if not keep.all():
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            if masks is not None:
+                masks = _numpy(masks)[keep]      # the one host copy masks_to_rle makes anyway
         try:
             cats = [int(label_to_cat_id[int(l)]) for l in labels]
         except KeyError as e:
@@ -178,8 +186,8 @@ def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[in
         xywh = boxes.copy()
         xywh[:, 2:] -= xywh[:, :2]
         rles = None
-        if "masks" in out and out["masks"] is not None:
-            rles = masks_to_rle(out["masks"], mask_threshold)
+        if masks is not None:
+            rles = masks_to_rle(masks, mask_threshold)
         for j in range(len(boxes)):
             rec = {"image_id": int(img_id), "category_id": cats[j],
                    "bbox": [float(v) for v in xywh[j]], "score": float(scores[j])}

@@ -102,9 +102,16 @@ class ShapesSpec:
     min_contrast: float = 45.0      # luminance gap between an object and its background
     color_cue: float = 1.0          # probability that an object has its class's hue
     background_saturation: float = 0.4  # 0: grey backgrounds, 1: fully coloured
+    # Non-square images (the COCO-sized set, conf/data/shapes_coco.yaml): each image draws
+    # its (width, height) from image_shapes with probabilities image_shape_weights; None:
+    # every image is image_size x image_size. Left out of the manifest and digest when None,
+    # so the square datasets keep their directories.
+    image_shapes: tuple | None = None
+    image_shape_weights: tuple | None = None
 
     # Config keys -> field names (the config says synth_seed; "seed" is the training seed).
     _CFG_KEYS = {"synth_seed": "seed"}
+    _OPTIONAL = ("image_shapes", "image_shape_weights")
 
     @classmethod
     def from_cfg(cls, data_cfg: Mapping[str, Any]) -> "ShapesSpec":
@@ -115,8 +122,11 @@ class ShapesSpec:
             name = cls._CFG_KEYS.get(key, key)
             if name in defaults:
                 v = data_cfg[key]
+                if name == "image_shapes" and v is not None:
+                    v = tuple(tuple(int(x) if _is_number(x) and float(x).is_integer() else x for x in pair)
+                              if hasattr(pair, "__iter__") and not isinstance(pair, str) else pair for pair in v)
                 # OmegaConf lists -> tuples: the spec is hashable and JSON-stable.
-                if not isinstance(v, (str, int, float, bool)) and hasattr(v, "__iter__"):
+                elif not isinstance(v, (str, int, float, bool)) and v is not None and hasattr(v, "__iter__"):
                     v = tuple(float(x) if _is_number(x) else x for x in v)
                 # clutter=3 and clutter=3.0 are the same dataset: one spelling, one hash.
                 elif isinstance(defaults[name], float) and _is_number(v):
@@ -144,6 +154,17 @@ class ShapesSpec:
             if f.name == "size_mix":
                 need(isinstance(v, tuple) and len(v) == 3 and all(number(x) and x >= 0 for x in v) and sum(v) > 0,
                      f"size_mix must be three non-negative numbers (small, medium, large), got {v!r}")
+            elif f.name == "image_shapes":
+                need(v is None or (isinstance(v, tuple) and len(v) >= 1 and all(
+                    isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                               and 32 <= x <= 2048 for x in p) for p in v)),
+                     f"image_shapes must be a list of [width, height] pairs of integers in [32, 2048], got {v!r}")
+            elif f.name == "image_shape_weights":
+                n = len(self.image_shapes) if isinstance(self.image_shapes, tuple) else None
+                need(v is None or (self.image_shapes is not None and isinstance(v, tuple) and len(v) == n
+                                   and all(number(x) and x >= 0 for x in v) and sum(v) > 0),
+                     f"image_shape_weights must be one non-negative number per entry of image_shapes "
+                     f"({n}), not all zero, got {v!r}")
             else:
                 need(number(v), f"{_cfg_name(f.name)} must be a number, got {v!r}")
         need(self.seed >= 0, f"synth_seed must be >= 0, got {self.seed}")
@@ -165,7 +186,22 @@ class ShapesSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["size_mix"] = list(self.size_mix)  # JSON has lists; keeps manifest comparisons exact
+        for k in self._OPTIONAL:
+            if d[k] is None:
+                del d[k]
+        if self.image_shapes is not None:
+            d["image_shapes"] = [list(p) for p in self.image_shapes]
+        if self.image_shape_weights is not None:
+            d["image_shape_weights"] = list(self.image_shape_weights)
         return d
+
+    def shape_of(self, rng) -> tuple[int, int]:
+        """(width, height) of the next image: square, or drawn from image_shapes."""
+        if self.image_shapes is None:
+            return self.image_size, self.image_size
+        w = self.image_shape_weights or (1.0,) * len(self.image_shapes)
+        k = int(rng.choice(len(self.image_shapes), p=[x / sum(w) for x in w]))
+        return self.image_shapes[k]
 
     def num_images(self, split: str) -> int:
         return self.num_train if split == "train" else self.num_val
@@ -176,8 +212,9 @@ class ShapesSpec:
 
     def dirname(self) -> str:
         """The dataset's directory name: readable main parameters plus a hash of all."""
-        return (f"shapes-v{VERSION}-seed{self.seed}-{self.image_size}px-"
-                f"{self.num_train}+{self.num_val}-{self.digest()}")
+        size = (f"{self.image_size}px" if self.image_shapes is None else
+                f"upto{max(max(p) for p in self.image_shapes)}px")
+        return f"shapes-v{VERSION}-seed{self.seed}-{size}-{self.num_train}+{self.num_val}-{self.digest()}"
 
 
 def _is_number(v: Any) -> bool:
@@ -238,19 +275,22 @@ def _luma(rgb) -> "Any":
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
 
-def _background(size: int, spec: ShapesSpec, rng):
-    """Smooth colour field plus thin distractor strokes, as float32 (size, size, 3)."""
+def _background(width: int, height: int, spec: ShapesSpec, rng):
+    """Smooth colour field plus thin distractor strokes, as float32 (height, width, 3)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     grid = rng.uniform(25, 190, size=(3, 3, 3))
     grey = grid.mean(axis=2, keepdims=True)
     grid = (grey + spec.background_saturation * (grid - grey)).astype(np.uint8)
-    im = Image.fromarray(grid, "RGB").resize((size, size), Image.BILINEAR)
+    im = Image.fromarray(grid, "RGB").resize((width, height), Image.BILINEAR)
     d = ImageDraw.Draw(im)
     for _ in range(int(rng.poisson(spec.clutter))):
         n = int(rng.integers(2, 5))
-        pts = [tuple(float(v) for v in p) for p in rng.uniform(0, size, size=(n, 2))]
+        if width == height:
+            pts = [tuple(float(v) for v in p) for p in rng.uniform(0, width, size=(n, 2))]
+        else:
+            pts = [(float(x) * width, float(y) * height) for x, y in rng.uniform(0, 1, size=(n, 2))]
         color = tuple(int(c) for c in rng.integers(0, 256, size=3))
         d.line(pts, fill=color, width=int(rng.integers(1, 3)))
     return np.asarray(im, dtype=np.float32)
@@ -283,12 +323,13 @@ _FILL = {_RECT: 1.0, _ELLIPSE: math.pi / 4, _TRIANGLE: 0.5, _BAR: 0.95, _RING: 0
 _RANGES = ((0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, math.inf))
 
 
-def _sample_shape(spec: ShapesSpec, bucket: int, rng) -> tuple[int, int, int] | None:
+def _sample_shape(spec: ShapesSpec, bucket: int, rng, width: int, height: int) -> tuple[int, int, int] | None:
     """Class and box size (w, h) of one object whose area falls in COCO range ``bucket``.
 
-    None when the draw does not fit the image (the caller draws again).
+    None when the draw does not fit the ``width`` x ``height`` image (the caller draws
+    again). Object scales are relative to the image's shorter side.
     """
-    size = spec.image_size
+    size = min(width, height)
     cls = int(rng.integers(len(CLASSES)))
     if cls == _BAR:
         aspect = float(rng.uniform(3.0, 6.0))
@@ -306,7 +347,7 @@ def _sample_shape(spec: ShapesSpec, bucket: int, rng) -> tuple[int, int, int] | 
     area = math.exp(float(rng.uniform(math.log(lo), math.log(hi))))
     w = int(round(math.sqrt(area / fill * aspect)))
     h = int(round(math.sqrt(area / fill / aspect)))
-    if min(w, h) < 3 or max(w, h) > size - 2:
+    if min(w, h) < 3 or w > width - 2 or h > height - 2:
         return None
     return cls, w, h
 
@@ -332,10 +373,10 @@ class _Placed:
         theirs = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
         return mine, theirs
 
-    def full_mask(self, size: int):
+    def full_mask(self, width: int, height: int):
         import numpy as np
 
-        m = np.zeros((size, size), dtype=bool)
+        m = np.zeros((height, width), dtype=bool)
         m[self.y0:self.y0 + self.h, self.x0:self.x0 + self.w] = self.vis
         return m
 
@@ -362,14 +403,15 @@ def _occlusion_hits(placed: list, x0: int, y0: int, w: int, h: int, m) -> list |
 def render_image(spec: ShapesSpec, split: str, index: int):
     """Draw image ``index`` (0-based) of ``split``.
 
-    Returns ``(rgb uint8 (S, S, 3), objects)`` with objects a list of
-    ``(class_index, visible_mask bool (S, S))`` in painting order.
+    Returns ``(rgb uint8 (H, W, 3), objects)`` with objects a list of
+    ``(class_index, visible_mask bool (H, W))`` in painting order; W = H = image_size
+    unless the spec has image_shapes.
     """
     import numpy as np
 
     rng = np.random.default_rng([spec.seed, _SPLIT_CODE[split], index])
-    size = spec.image_size
-    img = _background(size, spec, rng)
+    width, height = spec.shape_of(rng)
+    img = _background(width, height, spec, rng)
 
     placed: list[_Placed] = []
     n = int(rng.integers(spec.min_objects, spec.max_objects + 1))
@@ -378,7 +420,7 @@ def render_image(spec: ShapesSpec, split: str, index: int):
     for bucket in buckets:  # large first: small objects on top occlude little
         hits = None
         for _attempt in range(10):
-            shape = _sample_shape(spec, bucket, rng)
+            shape = _sample_shape(spec, bucket, rng, width, height)
             if shape is None:
                 continue
             cls, w, h = shape
@@ -388,8 +430,8 @@ def render_image(spec: ShapesSpec, split: str, index: int):
                 continue
             # Positions are cheap to retry, rasterising is not: a few per shape.
             for _pos in range(4):
-                x0 = int(rng.integers(0, spec.image_size - w + 1))
-                y0 = int(rng.integers(0, spec.image_size - h + 1))
+                x0 = int(rng.integers(0, width - w + 1))
+                y0 = int(rng.integers(0, height - h + 1))
                 hits = _occlusion_hits(placed, x0, y0, w, h, m)
                 if hits is not None:
                     break
@@ -419,7 +461,7 @@ def render_image(spec: ShapesSpec, split: str, index: int):
         u = np.frombuffer(rng.bytes(img.size), dtype=np.uint8).reshape(img.shape).astype(np.float32)
         img += (u - np.float32(127.5)) * np.float32(spec.noise * math.sqrt(3.0) / 127.5)
     rgb = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return rgb, [(o.cls, o.full_mask(size)) for o in placed]
+    return rgb, [(o.cls, o.full_mask(width, height)) for o in placed]
 
 
 def _annotation(mask, ann_id: int, image_id: int, cls: int) -> dict:
@@ -455,7 +497,7 @@ def generate_split(spec: ShapesSpec, split: str, out_dir: Path) -> dict:
         # JPEG, as COCO: noisy images hardly compress losslessly (PNG costs 20x the time
         # and 4x the space). 4:4:4 chroma keeps colour edges, hence box extents, crisp.
         Image.fromarray(rgb, "RGB").save(img_dir / file_name, format="JPEG", quality=95, subsampling=0)
-        images.append({"id": image_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size})
+        images.append({"id": image_id, "file_name": file_name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])})
         for cls, mask in objects:
             anns.append(_annotation(mask, len(anns) + 1, image_id, cls))
     return {

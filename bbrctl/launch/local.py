@@ -211,6 +211,11 @@ class Supervisor:
     def _finish(self, r: _Running, rc: int) -> None:
         self.running.remove(r)
         locks.release(r.lock_fd)
+        if rc not in (0, EXIT_REQUEUE) and self.cfg.gpus_per_job > 1:
+            # torchrun reports its workers' checkpoint-and-stop (75) as 1: the run directory says.
+            from bbrctl.launch.exit_status import exit_status
+
+            rc = exit_status(str(r.run_dir), r.started, rc)
         self.codes[str(r.run_dir)] = rc
         took = time.time() - r.started
         if rc == 0:

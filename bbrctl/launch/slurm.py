@@ -3,7 +3,8 @@
 The batch script is rendered from a user-editable Jinja2 template (slurm/array.sbatch.j2).
 No override value ever reaches it: each array task reads its run directory from a task
 list written beside the script (line ``SLURM_ARRAY_TASK_ID + 1``) and runs
-``python -m bbrctl train --run-dir <that dir>``. Launcher values become #SBATCH directives
+``python -m bbrctl train --run-dir <that dir>`` (under torchrun for several GPUs, and with
+``launcher.nodes > 1`` one torchrun agent per node started by srun). Launcher values become #SBATCH directives
 only after a strict check (no spaces, quotes or newlines), and everything that lands in
 shell code goes through the ``q`` filter (shlex.quote). ``launcher.setup`` lines are the one
 exception by design: they are the user's own shell (module loads, environment activation).
@@ -23,6 +24,10 @@ from typing import Any, Sequence
 
 from bbrctl.errors import UserError
 from bbrctl.store import atomic_write_text
+
+
+# A task requeues itself after USR1 at most this often unless launcher.max_requeues says.
+DEFAULT_MAX_REQUEUES = 20
 
 
 def template_dir() -> Path:
@@ -47,6 +52,8 @@ def check_settings(launcher: dict) -> dict:
     s["extra_sbatch"] = [re.sub(r"^#SBATCH\s+", "", str(x).strip()) for x in s.get("extra_sbatch") or []]
     s["setup"] = list(s.get("setup") or [])
     s["template"] = s.get("template") or "array.sbatch.j2"
+    s["nodes"] = int(s.get("nodes") or 1)
+    s["max_requeues"] = int(s["max_requeues"]) if s.get("max_requeues") is not None else DEFAULT_MAX_REQUEUES
     return s
 
 
@@ -76,6 +83,8 @@ def render(settings: dict, *, sweep_name: str, tasks_file: Path, n_tasks: int) -
             job_name=f"bbrctl-{sweep_name}", sweep_name=sweep_name, template=str(path),
             partition=settings.get("partition"), account=settings.get("account"), qos=settings.get("qos"),
             time=settings.get("time"), mem=settings.get("mem"), gpus_per_job=settings["gpus_per_job"],
+            nodes=settings["nodes"], procs=max(1, int(settings["gpus_per_job"])),
+            max_requeues=settings["max_requeues"],
             cpus_per_task=settings["cpus_per_task"], signal_seconds=settings["signal_seconds"],
             extra_sbatch=settings["extra_sbatch"], setup=settings["setup"],
             python=settings.get("python") or sys.executable, tasks_file=str(tasks_file), n_tasks=n_tasks,
@@ -143,6 +152,6 @@ def write_tasks(path: Path, run_dirs: Sequence[Path]) -> None:
 
 
 def describe(settings: dict) -> dict[str, Any]:
-    return {k: settings.get(k) for k in ("partition", "account", "qos", "time", "gpus_per_job", "cpus_per_task",
-                                         "mem", "max_parallel", "signal_seconds", "template")}
+    return {k: settings.get(k) for k in ("partition", "account", "qos", "time", "gpus_per_job", "nodes", "cpus_per_task",
+                                         "mem", "max_parallel", "signal_seconds", "max_requeues", "template")}
 

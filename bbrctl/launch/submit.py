@@ -108,7 +108,7 @@ def launch(plan: SweepPlan, *, wait: bool = False, echo: Callable[[str], None] |
         result = LaunchResult(plan, decisions)
         if not todo:
             save_manifest(plan.sweep_dir, manifest)
-            result.message = f"sweep {plan.name}: nothing to launch ({_skip_summary(decisions)})"
+            result.message = f"sweep {plan.name}: nothing to launch ({skip_summary(decisions)})"
             if not wait:
                 return result
         elif checked["name"] == "local":
@@ -129,7 +129,7 @@ def launch(plan: SweepPlan, *, wait: bool = False, echo: Callable[[str], None] |
     return result
 
 
-def _skip_summary(decisions: list[JobDecision]) -> str:
+def skip_summary(decisions: list[JobDecision]) -> str:
     done = sum(1 for d in decisions if d.reason == "done")
     active = sum(1 for d in decisions if d.action == "skip" and d.reason != "done")
     parts = [f"{done} done"] if done else []
@@ -140,7 +140,7 @@ def _skip_summary(decisions: list[JobDecision]) -> str:
 
 def _launched_message(plan: SweepPlan, launch: dict, n: int, decisions: list[JobDecision], wait: bool) -> str:
     skipped = len(decisions) - n
-    skip = f" ({_skip_summary([d for d in decisions if d.action == 'skip'])} skipped)" if skipped else ""
+    skip = f" ({skip_summary([d for d in decisions if d.action == 'skip'])} skipped)" if skipped else ""
     if launch["launcher"] == "slurm":
         how = f"SLURM job array {launch['array_job_id']} ({n} task(s))"
     elif launch.get("mode") == "background":
@@ -201,24 +201,58 @@ def _run_foreground(plan: SweepPlan, entry: dict, cfg, sigs: list[str], progress
     return counts(jobs)
 
 
-def _launch_slurm(plan: SweepPlan, manifest: dict, todo: list[JobDecision], settings: dict) -> dict:
+@dataclass
+class SlurmSubmission:
+    """What one SLURM launch submits: the batch script, its task list and the sbatch argv."""
+
+    launch_id: int
+    script: Path
+    tasks_file: Path
+    run_dirs: list[Path]
+    text: str
+    argv: list[str]
+
+    def to_dict(self) -> dict:
+        return {"launch_id": self.launch_id, "script_path": str(self.script), "tasks_file": str(self.tasks_file),
+                "tasks": [str(d) for d in self.run_dirs], "sbatch": self.argv, "script": self.text}
+
+
+def slurm_submission(plan: SweepPlan, manifest: dict, todo: list[JobDecision], settings: dict) -> SlurmSubmission:
+    """The exact script and sbatch command line a launch of ``todo`` submits (nothing written)."""
     lid = next_launch_id(manifest)
     sweep = SweepDir(plan.sweep_dir)
-    log_dir = sweep.slurm_logs
-    log_dir.mkdir(parents=True, exist_ok=True)
     tasks_file = sweep.slurm_tasks(lid)
     script = sweep.slurm_script(lid)
     run_dirs = [d.run_dir.resolve() for d in todo]
-    slurm.write_tasks(tasks_file, run_dirs)
     text = slurm.render(settings, sweep_name=plan.name, tasks_file=tasks_file.resolve(), n_tasks=len(todo))
-    atomic_write_text(script, text)
-    os.chmod(script, 0o755)
-    argv = slurm.sbatch_argv(script.resolve(), len(todo), settings["max_parallel"], log_dir.resolve(),
+    argv = slurm.sbatch_argv(script.resolve(), len(todo), settings["max_parallel"], sweep.slurm_logs.resolve(),
                              f"bbrctl-{plan.name}")
-    array_id = slurm.submit(argv, cwd=Path.cwd())
-    entry = {"id": lid, "time": time.time(), "launcher": "slurm", "jobs": [d.signature for d in todo],
+    return SlurmSubmission(lid, script, tasks_file, run_dirs, text, argv)
+
+
+def show_script(plan: SweepPlan, decisions: list[JobDecision]) -> SlurmSubmission | None:
+    """``--dry-run --show-script``: what ``bbrctl sweep`` would submit now (None: nothing)."""
+    if plan.launcher.get("name") != "slurm":
+        raise UserError(f"--show-script prints the SLURM batch script; this sweep runs with "
+                        f"launcher={plan.launcher.get('name')} (add launcher=slurm)")
+    settings = check_launcher(plan)["slurm"]
+    todo = [d for d in decisions if d.action == "launch"]
+    if not todo:
+        return None
+    return slurm_submission(plan, load_manifest(plan.sweep_dir), todo, settings)
+
+
+def _launch_slurm(plan: SweepPlan, manifest: dict, todo: list[JobDecision], settings: dict) -> dict:
+    sub = slurm_submission(plan, manifest, todo, settings)
+    log_dir = SweepDir(plan.sweep_dir).slurm_logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    slurm.write_tasks(sub.tasks_file, sub.run_dirs)
+    atomic_write_text(sub.script, sub.text)
+    os.chmod(sub.script, 0o755)
+    array_id = slurm.submit(sub.argv, cwd=Path.cwd())
+    entry = {"id": sub.launch_id, "time": time.time(), "launcher": "slurm", "jobs": [d.signature for d in todo],
              "array_job_id": array_id, "tasks": {d.signature: i for i, d in enumerate(todo)},
-             "script": str(script), "tasks_file": str(tasks_file), "log_dir": str(log_dir),
-             "sbatch": argv, "settings": slurm.describe(settings)}
+             "script": str(sub.script), "tasks_file": str(sub.tasks_file), "log_dir": str(log_dir),
+             "sbatch": sub.argv, "settings": slurm.describe(settings)}
     manifest.setdefault("launches", []).append(entry)
     return entry

@@ -8,7 +8,7 @@ Modules (each imports only the standard library and the ones above it in this li
     names.py       safe directory names; ensure_inside() keeps every path in the runs root
     procs.py       pid + start time checks (a reused pid is not the recorded process)
     locks.py       flock-based locks that name their holder
-    rundir.py      prepare_run_dir, write_status, write_results, schema-checked readers
+    rundir.py      prepare_run_dir, write_status, write_results, write_eval, schema-checked readers
     manifest.py    a sweep's sweep.json
     discovery.py   finding sweeps and runs under a runs root
     root.py        the runs root shared by every command (--runs-root, BBRCTL_RUNS_ROOT)
@@ -19,15 +19,16 @@ status, cli). The names below are the package's API.
 
 from bbrctl.store.atomic import (append_jsonl, append_lines, atomic_write_bytes, atomic_write_json, atomic_write_text,
                                  atomic_write_with, read_json)
-from bbrctl.store.paths import (CHECKPOINTS, CONFIG, JOB, LOG, MANIFEST, METRICS, RESULTS, STATUS, STDOUT_LOG,
+from bbrctl.store.paths import (CHECKPOINTS, CONFIG, EVALS, JOB, LOG, MANIFEST, METRICS, RESULTS, STATUS, STDOUT_LOG,
                                 TRAIN_SWEEP, RunDir, SweepDir)
-from bbrctl.store.rundir import (DamagedFile, load_checked, prepare_run_dir, read_config, read_job, read_progress, read_results,
-                                 read_status, write_results, write_status)
+from bbrctl.store.rundir import (DamagedFile, load_checked, prepare_run_dir, read_config, read_eval, read_job,
+                                 read_progress, read_results, read_status, write_eval, write_results, write_status)
 from bbrctl.store.schemas import AP_KEYS, FINAL, STATES, results_record
 
 __all__ = [
-    "append_jsonl", "append_lines", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_write_with", "read_json",
-    "CHECKPOINTS", "CONFIG", "JOB", "LOG", "MANIFEST", "METRICS", "RESULTS", "STATUS", "STDOUT_LOG", "TRAIN_SWEEP",
-    "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_config", "read_job", "read_progress",
-    "read_results", "read_status", "write_results", "write_status", "AP_KEYS", "FINAL", "STATES", "results_record",
+    "append_jsonl", "append_lines", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_write_with",
+    "read_json", "CHECKPOINTS", "CONFIG", "JOB", "LOG", "MANIFEST", "METRICS", "RESULTS", "STATUS", "STDOUT_LOG",
+    "TRAIN_SWEEP", "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_config", "read_eval",
+    "read_job", "read_progress", "read_results", "read_status", "write_eval", "write_results", "write_status",
+    "AP_KEYS", "FINAL", "STATES", "results_record",
 ]

@@ -17,6 +17,7 @@
           train.log, stdout.log      human-readable logs
           checkpoints/last.pt        the resume point
           results.json               the outcome: done | failed
+          evals/<name>.json          `bbrctl eval` re-evaluations (results.json untouched)
       train/<model>-<backbone>-<loss>-<signature>/   single `bbrctl train` runs
 
 Nothing here touches the disk: these are names. Reading and writing what they name is
@@ -37,6 +38,7 @@ METRICS = "metrics.jsonl"
 LOG = "train.log"
 STDOUT_LOG = "stdout.log"
 CHECKPOINTS = "checkpoints"
+EVALS = "evals"
 TRAIN_LOCK = ".train.lock"
 
 MANIFEST = "sweep.json"
@@ -98,6 +100,13 @@ class RunDir(_Dir):
     @property
     def lock(self) -> Path:
         return self.path / TRAIN_LOCK
+
+    @property
+    def evals(self) -> Path:
+        return self.path / EVALS
+
+    def eval_file(self, name: str) -> Path:
+        return self.evals / f"{name}.json"
 
 
 class SweepDir(_Dir):

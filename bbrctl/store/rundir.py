@@ -91,6 +91,20 @@ def write_results(run_dir: str | os.PathLike, status: str, **fields: Any) -> dic
     return rec
 
 
+def write_eval(run_dir: str | os.PathLike, name: str, record: dict) -> Path:
+    """``evals/<name>.json``: one re-evaluation of the run (schema-checked, atomic)."""
+    rec = {**record, "name": name}
+    rec["metrics"] = schemas.json_safe_metrics(rec.get("metrics") or {})
+    schemas.check_eval(rec)
+    path = RunDir(run_dir).eval_file(name)
+    atomic_write_json(path, rec)
+    return path
+
+
+def read_eval(run_dir: str | os.PathLike, name: str) -> dict | None:
+    return load_checked(RunDir(run_dir).eval_file(name), schemas.check_eval)
+
+
 def read_status(run_dir: str | os.PathLike) -> dict:
     """The run's state, preferring results.json (final) over status.json (progress)."""
     results = read_results(run_dir)

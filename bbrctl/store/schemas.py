@@ -11,6 +11,8 @@ status.json   {"state": pending|running|done|failed|requeued, "updated", "pid", 
 job.json      {"signature", "name", "sweep", "overrides", "created", "config", ["previous_signatures"]}
 sweep.json    {"name", "created", "updated", "runs_root", "swept_keys", "experiment", "overrides",
                "jobs": {signature: {"dir", "name", "overrides", "index"}}, "launches": [...]}
+evals/<name>.json  {"name", "split", "metrics", "checkpoint", "checkpoint_iteration", "signature",
+               "data", "overrides", "images", "detections", "world_size", "device", "wall_time_s", "created"}
 
 AP values are percentages (0-100), as in the paper's tables.
 """
@@ -117,6 +119,24 @@ def check_manifest(m: Any) -> dict:
     return m
 
 
+def check_eval(e: Any) -> dict:
+    _need(isinstance(e, dict), f"must hold a JSON object, got {_short(e)}")
+    _need(isinstance(e.get("name"), str) and e["name"], f"'name' must be a string, got {_short(e.get('name'))}")
+    _need(e.get("split") in ("train", "val"), f"'split' must be train or val, got {_short(e.get('split'))}")
+    _need(isinstance(e.get("metrics"), dict) and e["metrics"], f"'metrics' must be a non-empty mapping, got {_short(e.get('metrics'))}")
+    check_metrics(e["metrics"])
+    _need(isinstance(e.get("checkpoint"), str), f"'checkpoint' must be a path, got {_short(e.get('checkpoint'))}")
+    _opt(e, "checkpoint_iteration", _int, "an integer >= 0")
+    _opt(e, "signature", lambda v: isinstance(v, str), "a string")
+    _opt(e, "data", lambda v: isinstance(v, dict), "a mapping (the data config evaluated on)")
+    _opt(e, "overrides", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings")
+    _opt(e, "images", lambda v: _int(v, 1), "an integer >= 1")
+    _opt(e, "detections", _int, "an integer >= 0")
+    _opt(e, "world_size", lambda v: _int(v, 1), "an integer >= 1")
+    _opt(e, "wall_time_s", lambda v: _num(v) and v >= 0, "a number of seconds >= 0")
+    return e
+
+
 def results_record(status: str, *, signature: str | None, metrics: dict | None = None, iteration: int | None = None,
                    max_iter: int | None = None, wall_time_s: float | None = None, error: str | None = None,
                    **extra: Any) -> dict:
@@ -127,6 +147,10 @@ def results_record(status: str, *, signature: str | None, metrics: dict | None =
            "wall_time_s": wall_time_s, "signature": signature, "error": error, **extra}
     check_results(rec)
     return rec
+
+
+def json_safe_metrics(metrics: dict) -> dict:
+    return _json_safe(metrics)
 
 
 def _json_safe(metrics: dict) -> dict:
