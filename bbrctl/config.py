@@ -23,6 +23,7 @@ GROUPS = ("loss", "model", "backbone", "data", "schedule", "launcher", "experime
 # more data-loader workers or another launcher does not re-run a finished job.
 NON_RESULT_KEYS = (
     "data.num_workers",
+    "data.cache_images",
     "launcher",
     "wandb",
     "sweep",

@@ -105,6 +105,12 @@ def check_schedule(s: Mapping[str, Any]) -> None:
     need(is_num(hp) and 0 <= hp <= 1, f"hflip_prob must be in [0, 1], got {hp!r}")
     need(isinstance(s.get("amp", True), bool), f"amp must be true or false, got {s.get('amp')!r}")
     need(s.get("optimizer", "sgd") in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {s.get('optimizer')!r}")
+    need(s.get("cpu_amp", "off") in ("auto", "bf16", "off", False),  # YAML 1.1 reads a bare off as false
+         f"cpu_amp must be auto, bf16 or off, got {s.get('cpu_amp')!r}")
+    ct = s.get("cpu_threads")
+    need(ct is None or (is_int(ct) and ct >= 1), f"cpu_threads must be null or an integer >= 1, got {ct!r}")
+    need(isinstance(s.get("channels_last", False), bool),
+         f"channels_last must be true or false, got {s.get('channels_last')!r}")
 
 
 # --------------------------------------------------------------------------- run dirs

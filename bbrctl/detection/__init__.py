@@ -8,4 +8,5 @@ Modules (import the one you need; this package imports nothing heavy)::
     models.py      torchvision detectors on ResNet-FPN backbones
     heads.py       the configured box-regression loss installed into the detection heads
     engine.py      the training loop; checkpoint.py its checkpoints; wandb_sink.py logging
+    speed.py       CPU speed settings: channels_last, bf16 autocast, no-op resize skip
 """
