@@ -45,6 +45,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--machine", default=None, help="describe the machine (default: from /proc/cpuinfo)")
     p.add_argument("--load", default=None, help="the load while the runs ran (recorded as given)")
     p.add_argument("--command", default="", help="the command that made the runs (recorded as given)")
+    p.add_argument("--commit", default=None, help="the code the runs ran (default: this checkout's HEAD)")
+    p.add_argument("--min-seeds", type=int, default=2, help="keep rows with at least this many seeds (default 2)")
     p.add_argument("--out", default=None, help="write the YAML here (default: print it)")
     p.add_argument("--append", action="store_true", help="add to the studies already in --out")
     return p.parse_args()
@@ -103,8 +105,9 @@ def main() -> None:
         entry["seeds"].append(seed)
         for m in METRICS:
             entry[m].append(round(float(metric_value(run, defn.metric, m)), 4))
+    rows = {rid: e for rid, e in rows.items() if len(e["seeds"]) >= a.min_seeds}
     if not rows:
-        sys.exit(f"no finished runs of table {a.table} under {a.runs}")
+        sys.exit(f"no row of table {a.table} under {a.runs} has {a.min_seeds} finished seeds")
     for entry in rows.values():  # by seed
         order = sorted(range(len(entry["seeds"])), key=lambda i: entry["seeds"][i])
         for k in entry:
@@ -120,7 +123,7 @@ def main() -> None:
         "load": a.load or f"load average at the end {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
         "threads": sorted(t for t in threads if t is not None)[0] if len(threads) == 1 else sorted(threads, key=str),
         "torch": torch.__version__.split("+")[0],
-        "commit": commit + ("+uncommitted changes" if dirty else ""),
+        "commit": a.commit or (commit + ("+uncommitted changes" if dirty else "")),
         "command": a.command,
         "match": {**defn.match, **(setting or {})},
         "rows": rows,
@@ -141,7 +144,7 @@ def main() -> None:
         studies = [s for s in (yaml.safe_load(Path(a.out).read_text()) or {}).get("studies", []) if s.get("id") != a.id]
     header = ("# Seed studies: per-seed results of one setting, measured, for `bbrctl report` (seed noise of\n"
               "# single-seed rows; bbrctl/report/seed_noise.py). Written by benchmarks/seed_study.py.\n")
-    text = header + yaml.safe_dump({"studies": studies + [study]}, sort_keys=False, width=110)
+    text = header + yaml.safe_dump({"studies": studies + [study]}, sort_keys=False, width=110, default_flow_style=None)
     if a.out:
         Path(a.out).write_text(text)
         print(f"wrote {a.out}", file=sys.stderr)
