@@ -25,6 +25,7 @@ each other's cores); the ratio is what the script claims. Target (main): >= 2x.
 
     python benchmarks/main_job.py                              # main, 1 pair: ~5 min on an idle 2-core CPU
     python benchmarks/main_job.py --mode threads1 --pairs 2
+    python benchmarks/main_job.py --ref-threads 1                # main, the reference at 1 thread (busy machine)
     python benchmarks/main_job.py --mode both --pairs 2 --json out.json
     python benchmarks/main_job.py --set schedule.cpu_amp=off   # an override for the current side only
 """
@@ -58,6 +59,9 @@ def parse() -> argparse.Namespace:
                    help="an extra override for the current side (repeatable)")
     p.add_argument("--ref-set", dest="ref_overrides", action="append", default=[],
                    help="an extra override for the reference side (repeatable)")
+    p.add_argument("--ref-threads", type=int, default=None,
+                   help="main: OMP_NUM_THREADS for the reference only (default: torch's, as a7a0e65's README ran it; "
+                        "1 is kinder to it on a busy machine, where its 2-thread runs wait for each other's cores)")
     p.add_argument("--data-dir", default=None, help="dataset cache (default: $BBRCTL_DATA_DIR or a temporary one)")
     p.add_argument("--json", default=None, help="also write the measurements here")
     return p.parse_args()
@@ -128,7 +132,10 @@ def compare(mode: str, a: argparse.Namespace, sides: dict, work: Path, env: dict
             concurrent = mode == "main" and side == "current"
             if mode == "threads1" and side == "current":
                 ov = [*ov, "schedule.cpu_threads=1"]
-            u = unit(side, src, losses, ov, work, env, concurrent)
+            side_env = dict(env)
+            if mode == "main" and side == "reference" and a.ref_threads:
+                side_env["OMP_NUM_THREADS"] = str(a.ref_threads)
+            u = unit(side, src, losses, ov, work, side_env, concurrent)
             u["pair"] = p
             units.append(u)
             detail = ", ".join(f"{r['loss']} AP {r['AP']:.1f} AP50 {r['AP50']:.1f} ({r['threads']} thr, "
