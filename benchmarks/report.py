@@ -7,7 +7,7 @@ look at and set aside (Figure 9a weights, and a second schedule). Then prints
   * the in-process time to collect and build Table 1 (median of --repeat), and to render it;
   * the wall time of the whole command `python -m bbrctl report --table 1 --runs DIR`
     next to a bare `python -c pass`, measured in the same run;
-  * whether the command imported torch, torchvision, matplotlib or wandb (it must not).
+  * whether the command imported torch, torchvision, matplotlib, wandb or scipy (it must not).
 
 Target: building Table 1 over 1,000 runs in <= 1 s (wall time; the CPU time is printed too,
 because on a shared machine the wall time also counts other processes' turns).
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HEAVY = ("torch", "torchvision", "matplotlib", "wandb")
+HEAVY = ("torch", "torchvision", "matplotlib", "wandb", "scipy")
 
 
 def make_runs(root: Path) -> int:

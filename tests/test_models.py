@@ -335,7 +335,7 @@ def test_anchor_sizes_follow_the_data_hint():
         == [12, 24, 48, 96, 192]
     assert anchor_sizes(to_container(compose(["model=fcos", "data=coco", "+data.anchor_base=12"]))["model"]) \
         == [8, 16, 32, 64, 128]  # FCOS: the strides, whatever the data
-    assert anchor_sizes(to_container(compose(["model.anchor_sizes=[8,16,32,64,128]"]))["model"]) == [8, 16, 32, 64, 128]
+    assert anchor_sizes(to_container(compose(["model.anchor_sizes=[8,16,32]"]))["model"]) == [8, 16, 32]  # P3-P5
 
 
 def test_normalisation_choice():

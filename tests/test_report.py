@@ -175,7 +175,10 @@ def test_seeds_aggregate_as_mean_std_and_n(full_table1):
     assert base.delta is None
     md = render(tr, "md")
     assert "| Focal-EIOU | 3 | 37.1 ± 0.1 |" in md
-    assert "| Baseline | 3 | 30.1 ± 0.1 |" in md and "+7.0 ± 0.1 |" in md
+    # Every seed of Focal-EIoU is exactly 7.0 above the same seed of the baseline: a paired
+    # interval of zero width, which excludes 0.
+    assert "| Baseline | 3 | 30.1 ± 0.1 |" in md and "+7.0 [+7.0, +7.0]* |" in md
+    assert fe.interval.test == "paired" and fe.interval.n_pairs == 3
 
 
 @settings(max_examples=40, deadline=None)
@@ -318,7 +321,7 @@ def test_rich_terminal_table(full_table1):
     console = Console(record=True, width=200, color_system=None)
     print_rich(table1(full_table1[0]), console=console)
     text = console.export_text()
-    assert "Table 1" in text and "Focal-EIOU (v1)" in text and "37.1 ± 0.1" in text and "+7.0 ± 0.1" in text
+    assert "Table 1" in text and "Focal-EIOU (v1)" in text and "37.1 ± 0.1" in text and "+7.0 [+7.0, +7.0]*" in text
 
 
 def test_table3_paper_only_rows(tmp_path):
@@ -350,7 +353,7 @@ def test_cli_table_default_writes_reports_md_and_imports_nothing_heavy(full_tabl
     code = ("import sys\nfrom bbrctl.cli import main\n"
             f"try:\n    main(['report', '--table', '1', '--runs-root', {str(root)!r}])\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code\n"
-            "heavy = [m for m in ('torch', 'torchvision', 'matplotlib', 'wandb', 'hydra', 'omegaconf') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'torchvision', 'matplotlib', 'wandb', 'hydra', 'omegaconf', 'scipy') if m in sys.modules]\n"
             "print('HEAVY=' + ','.join(heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -499,3 +502,137 @@ def test_cli_list(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--table 1 " in out and "--figure 9a " in out and "--figure 7 " in out
+
+
+# --------------------------------------------------------------------------- Δ intervals and seed noise
+
+STUDY = """
+studies:
+  - id: test-study
+    table: table1
+    date: "2026-01-02"
+    machine: "test machine"
+    threads: 1
+    commit: abc1234
+    match: {model.name: retinanet, backbone.name: resnet_tiny, data.name: shapes, schedule.max_iter: 600}
+    metric: bbox
+    rows:
+      baseline: {seeds: [0, 1, 2], AP: [30.0, 31.0, 32.0]}
+      eiou: {seeds: [0, 1, 2, 3], AP: [31.0, 31.5, 33.0, 32.5]}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path, monkeypatch):
+    from bbrctl.report import seed_noise
+
+    path = tmp_path / "seed_study.yaml"
+    path.write_text(STUDY)
+    monkeypatch.setattr(seed_noise, "STUDY_FILE", path)
+    seed_noise.studies.cache_clear()
+    yield path
+    seed_noise.studies.cache_clear()
+
+
+def _noise_of_study():
+    from bbrctl.report.stats import pooled_std
+
+    return pooled_std([[30.0, 31.0, 32.0], [31.0, 31.5, 33.0, 32.5]])
+
+
+def test_seeded_rows_get_paired_or_welch_intervals_and_markers(tmp_path, study_file):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    base = [30.0, 31.2, 29.5]
+    gain = [32.5, 33.0, 32.1]           # clearly above the baseline, seed by seed
+    flat = [30.6, 31.4, 30.2, 29.9]     # seeds 0-3: not matched with the baseline's 0-2
+    for s, v in enumerate(base):
+        make_run(tmp_path, make_config("baseline", seed=s), ap=v)
+    for s, v in enumerate(gain):
+        make_run(tmp_path, make_config("focal_eiou", seed=s), ap=v)
+    for s, v in enumerate(flat):
+        make_run(tmp_path, make_config("eiou", seed=s), ap=v)
+    tr = table1(tmp_path)
+    fe, ei = row(tr, "focal_eiou"), row(tr, "eiou")
+    ci = scipy_stats.ttest_rel(gain, base).confidence_interval(0.95)
+    assert fe.interval.test == "paired" and fe.interval.excludes_zero
+    assert (fe.interval.low, fe.interval.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    ci = scipy_stats.ttest_ind(flat, base, equal_var=False).confidence_interval(0.95)
+    assert ei.interval.test == "welch" and ei.interval.excludes_zero is False
+    assert (ei.interval.low, ei.interval.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    md = render(tr, "md")
+    assert f"| +{statistics.fmean(gain) - statistics.fmean(base):.1f} [+{fe.interval.low:.1f}, +{fe.interval.high:.1f}]* |" in md
+    lo, hi = ei.interval.low, ei.interval.high
+    assert f"| {statistics.fmean(flat) - statistics.fmean(base):+.1f} [{lo:+.1f}, {hi:+.1f}] |" in md
+    assert "paired t over the 3 seeds both rows ran (Focal-EIOU)" in md
+    assert "Welch's t, seeds not matched (EIOU)" in md and "* the interval excludes 0" in md
+
+    data = json.loads(render(tr, "json"))
+    d = next(r for r in data["rows"] if r["id"] == "focal_eiou")["delta"]
+    assert d["interval"]["test"] == "paired" and d["interval"]["excludes_zero"] is True
+    assert d["interval"]["ci"] == [pytest.approx(fe.interval.low), pytest.approx(fe.interval.high)]
+    assert d["interval"]["n_pairs"] == 3 and d["interval"]["df"] == 2
+    rows = {r["Method"]: r for r in csv.DictReader(io.StringIO(render(tr, "csv")))}
+    assert rows["EIOU"]["delta_AP_test"] == "welch" and rows["EIOU"]["delta_AP_excludes_zero"] == "false"
+    assert float(rows["Focal-EIOU"]["delta_AP_ci_low"]) == pytest.approx(fe.interval.low)
+    assert rows["Baseline"]["delta_AP_test"] == ""
+
+
+def test_single_seed_rows_are_compared_with_the_seed_study(tmp_path, study_file):
+    from bbrctl.report.stats import noise_threshold
+
+    sigma, df = _noise_of_study()
+    thr = noise_threshold(sigma, df, 1, 1)
+    make_run(tmp_path, make_config("baseline"), ap=30.0)
+    make_run(tmp_path, make_config("iou"), ap=30.0 + thr * 0.9)      # within noise
+    make_run(tmp_path, make_config("giou"), ap=30.0 - thr * 1.1)     # beyond it
+    tr = table1(tmp_path)
+    assert tr.noise["study"] == "test-study" and tr.noise["sigma"] == pytest.approx(sigma) and tr.noise["df"] == df
+    iou, giou = row(tr, "iou"), row(tr, "giou")
+    assert iou.interval.test == "noise" and iou.interval.within_noise is True
+    assert giou.interval.within_noise is False and giou.interval.excludes_zero is True
+    md = render(tr, "md")
+    assert f"| +{thr * 0.9:.1f}~ |" in md and f"| -{thr * 1.1:.1f}* |" in md
+    assert f"σ = {sigma:.2f} AP" in md and f"{df} degrees of freedom" in md
+    assert "2026-01-02" in md and "test machine" in md and "threads 1" in md and "commit abc1234" in md
+    assert "~ |Δ| is below t·σ·√(1/n + 1/n_base)" in md and f"(= {thr:.1f} for two single runs)" in md
+    data = json.loads(render(tr, "json"))
+    assert data["seed_noise"]["study"] == "test-study"
+    iv = next(r for r in data["rows"] if r["id"] == "iou")["delta"]["interval"]
+    assert iv["test"] == "noise" and iv["within_noise"] is True and iv["noise_threshold"] == pytest.approx(thr)
+    tex = render(tr, "latex")
+    assert r"$\sigma$" in tex
+
+
+def test_a_seed_study_of_another_setting_is_not_used(tmp_path, study_file):
+    make_run(tmp_path, make_config("baseline", schedule__max_iter=300), ap=30.0)
+    make_run(tmp_path, make_config("iou", schedule__max_iter=300), ap=31.0)
+    tr = table1(tmp_path)
+    assert tr.noise is None and row(tr, "iou").interval is None
+    md = render(tr, "md")
+    assert "| +1.0 |" in md and "no seed study of this setting ships with bbrctl" in md
+
+
+def test_mixed_seed_counts_use_the_study_for_the_single_seed_rows(tmp_path, study_file):
+    from bbrctl.report.stats import noise_threshold
+
+    sigma, df = _noise_of_study()
+    for s, v in enumerate([30.0, 31.0, 29.0]):
+        make_run(tmp_path, make_config("baseline", seed=s), ap=v)
+    make_run(tmp_path, make_config("ciou"), ap=31.0)
+    r = row(table1(tmp_path), "ciou")
+    assert r.interval.test == "noise"
+    assert r.interval.threshold == pytest.approx(noise_threshold(sigma, df, 1, 3))
+
+
+def test_shipped_seed_study_is_consistent():
+    from bbrctl.report import seed_noise
+
+    seed_noise.studies.cache_clear()
+    found = seed_noise.studies()
+    assert found, "bbrctl/data/seed_study.yaml ships at least one study"
+    for s in found:
+        assert s.table and s.match and s.rows
+        for key in ("date", "machine", "threads", "commit", "torch"):
+            assert s.meta.get(key) not in (None, ""), f"{s.id} lacks {key}"
+        sigma, df = s.sigma("AP")
+        assert sigma > 0 and df >= 4

@@ -134,6 +134,22 @@ class Choice(Field):
 
 
 @dataclass(frozen=True)
+class Const(Field):
+    """Exactly one value, of its own type (``False`` is not ``0``)."""
+
+    value: Any = None
+    what: str = ""
+
+    def check(self, v: Any) -> Any:
+        if type(v) is not type(self.value) or v != self.value:
+            raise Invalid(self.describe())
+        return v
+
+    def describe(self) -> str:
+        return self.what or repr(self.value)
+
+
+@dataclass(frozen=True)
 class Nullable(Field):
     inner: Field = field(default_factory=Field)
 
@@ -152,6 +168,7 @@ class Nullable(Field):
 @dataclass(frozen=True)
 class AnyOf(Field):
     options: tuple = ()
+    what: str = ""
 
     def check(self, v: Any) -> Any:
         for opt in self.options:
@@ -162,7 +179,7 @@ class AnyOf(Field):
         raise Invalid(self.describe())
 
     def describe(self) -> str:
-        return " or ".join(o.describe() for o in self.options)
+        return self.what or " or ".join(o.describe() for o in self.options)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from bbrctl.config.fields import (AnyOf, Bool, Choice, Field, Float, Int, Invalid, Keys, ListOf, Mapping_,
+from bbrctl.config.fields import (AnyOf, Bool, Choice, Const, Field, Float, Int, Invalid, Keys, ListOf, Mapping_,
                                   Nullable, Str, is_int, is_num, names, optional)
 from bbrctl.errors import UserError
 
@@ -127,6 +127,8 @@ BACKBONE: Keys = {
     "fpn_channels": Int(lo=1, hi=4096),
     "head_convs": optional(Int(lo=1, hi=4)),
     "norm": optional(Choice(values=NORMS)),
+    # pool: torchvision's 7x7/2 conv + max-pool; stride4: one 7x7/4 conv; conv3x2: two 3x3/2 convs
+    "stem": optional(Choice(values=("pool", "stride4", "conv3x2"))),
 }
 
 _DATA_COMMON: Keys = {
@@ -136,6 +138,9 @@ _DATA_COMMON: Keys = {
     # Batches grouped by aspect ratio (bbrctl.detection.sampling): -1 off, 0 two groups,
     # k > 0 torchvision's 2k + 2 bins.
     "aspect_ratio_group_factor": optional(Int(lo=-1, hi=8)),
+    # Pyramid levels above P5 that the data's objects need (models read it as model.extra_levels).
+    "extra_levels": optional(Choice(values=EXTRA_LEVELS)),
+    "cache_images": optional(Bool()),          # decoded images kept in memory (small datasets)
 }
 DATA_SYNTHETIC: Keys = {
     **_DATA_COMMON,
@@ -188,6 +193,12 @@ SCHEDULE: Keys = {
     "eval_period": optional(Nullable(inner=Int(lo=0))),
     "eval_batch_size": optional(Int(lo=1, hi=4096)),
     "log_period": optional(Int(lo=1)),
+    # CPU speed: bf16 autocast (auto: where the CPU has AMX), channels_last, threads per job.
+    # A bare YAML `off` reads as false: accepted as off.
+    "cpu_amp": optional(AnyOf(options=(Choice(values=("auto", "bf16", "off")), Const(value=False)),
+                              what="one of auto, bf16, off")),
+    "channels_last": optional(Bool()),
+    "cpu_threads": Nullable(inner=Int(lo=1, hi=1024), required=False),
 }
 
 # SLURM directive values reach #SBATCH lines: no spaces, quotes, newlines or shell characters.

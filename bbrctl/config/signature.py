@@ -24,7 +24,7 @@ from typing import Any
 
 NON_RESULT_KEYS = (
     "data.root", "data.train_images", "data.train_ann", "data.val_images", "data.val_ann",
-    "data.num_workers",
+    "data.num_workers", "data.cache_images",
     "launcher",
     "wandb",
     "sweep",

@@ -6,6 +6,8 @@ from torchvision's ``ResNet`` class, described by the ``backbone`` config node::
     block: basic | bottleneck     layers: [n1, n2, n3, n4]     widths: [w1, w2, w3, w4]
     groups, width_per_group       (ResNeXt-101 32x4d: bottleneck [3, 4, 23, 3], 32, 4)
     fpn_channels                  width of the FPN and of the heads on top of it
+    stem: pool | stride4 | conv3x2   torchvision's 7x7/2 conv + max-pool (default), one
+                                  7x7/4 conv, or two 3x3/2 convs (the CPU backbone's)
 
 so ResNet-18/50, ResNeXt-101 32x4d (the paper's Table 3 backbone, which torchvision does
 not ship as a builder) and reduced-width CPU variants are one code path. A local
@@ -83,6 +85,21 @@ def build_resnet(bcfg: Mapping[str, Any], norm: str):
         net.bn1 = make_norm(widths[0])
         for i, (w, n) in enumerate(zip(widths, layers)):
             setattr(net, f"layer{i + 1}", net._make_layer(block, w, n, stride=1 if i == 0 else 2))
+        _init_like_resnet(net)
+    stem = bcfg.get("stem", "pool")
+    if stem != "pool":
+        # The stem's stride-2 activations (7x7 conv, BatchNorm, ReLU, 3x3 max-pool at
+        # half the input size) cost a fifth of a CPU training step at 160 px. stride4: one
+        # 7x7 conv of stride 4; conv3x2: two 3x3 convs of stride 2 (half width, then full),
+        # no max-pool. Both give layer1 the same stride-4 input.
+        c = net.conv1.out_channels
+        if stem == "stride4":
+            net.conv1 = nn.Conv2d(3, c, kernel_size=7, stride=4, padding=3, bias=False)
+        else:
+            half = max(1, c // 2)
+            net.conv1 = nn.Sequential(nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), make_norm(half),
+                                      nn.ReLU(inplace=True), nn.Conv2d(half, c, 3, stride=2, padding=1, bias=False))
+        net.maxpool = nn.Identity()
         _init_like_resnet(net)
     net.fc = nn.Identity()  # detection never uses the classifier
     net.out_widths = [w * block.expansion for w in widths]
@@ -206,6 +223,9 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
         model = _fcos(m, backbone, anchors, n_cls, common, extra_kwargs)
     else:
         model = _rcnn(kind, m, cfg["backbone"], backbone, anchors, n_cls, common, extra_kwargs)
+    from bbrctl.detection.speed import skip_identity_resize
+
+    skip_identity_resize(model)  # exact: a scale-1 resize returns its input
     if install_loss:
         from bbrctl.detection.heads import install_bbr_loss
 

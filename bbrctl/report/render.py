@@ -1,7 +1,8 @@
 """Render a TableResult as Markdown, CSV, LaTeX, JSON or a rich terminal table.
 
 Markdown, LaTeX and rich share one grid of strings (the same cells and footnote numbers);
-CSV and JSON carry the numbers themselves (mean, std, n, Δ, standard error) for scripts.
+CSV and JSON carry the numbers themselves (mean, std, n, Δ, standard error, the Δ's
+interval or seed-noise test and its verdict) for scripts.
 """
 
 from __future__ import annotations
@@ -86,8 +87,7 @@ def grid(tr: TableResult, precision: int = 1) -> Grid:
             cells.append(text + mark(r.notes.get(c, [])))
         if d.delta:
             if r.delta is not None:
-                diff, se = r.delta
-                text = _num(diff, precision, signed=True) + (f" ± {_num(se, precision)}" if se is not None else "")
+                text = _delta_text(r, precision)
             elif _is_base(r, tr.rows) and r.n_done:
                 text = "base"
             else:
@@ -101,8 +101,8 @@ def grid(tr: TableResult, precision: int = 1) -> Grid:
               "while some seeds are unfinished."]
     if d.delta:
         base_labels = sorted({" ".join(r.labels) for r in tr.rows if _is_base(r, tr.rows)})
-        legend.append(f"Δ {d.delta}: {d.delta} minus the baseline row's ({', '.join(base_labels) or 'none'}); "
-                      f"± is the standard error of the difference when both rows have n ≥ 2.")
+        legend.append(f"Δ {d.delta}: {d.delta} minus the baseline row's ({', '.join(base_labels) or 'none'}).")
+        legend += _delta_legend(tr, precision)
     if tr.paper and tr.paper_caption:
         from bbrctl.report.paper import paper_tables
 
@@ -110,6 +110,66 @@ def grid(tr: TableResult, precision: int = 1) -> Grid:
         legend.append(f"paper: the published single runs ({tr.paper_caption.rstrip('.')}; {setting}). "
                       f"ours: the runs above in their own setting; compare trends between rows, not absolute values.")
     return Grid(header, align, body, kinds, [(n, t) for t, n in numbers.items()], legend, list(tr.notes))
+
+
+# Markers after a Δ: the difference is told from seed noise (*), or is not (~, one seed).
+SIGNIFICANT, WITHIN_NOISE = "*", "~"
+
+
+def _delta_text(r: RowResult, precision: int) -> str:
+    diff, _ = r.delta
+    text = _num(diff, precision, signed=True)
+    iv = r.interval
+    if iv is None:
+        return text
+    if iv.test in ("paired", "welch"):
+        text += f" [{_num(iv.low, precision, signed=True)}, {_num(iv.high, precision, signed=True)}]"
+        return text + (SIGNIFICANT if iv.excludes_zero else "")
+    return text + (WITHIN_NOISE if iv.within_noise else SIGNIFICANT)
+
+
+def _labels(rows: list[RowResult]) -> str:
+    return ", ".join(" ".join(r.labels) for r in rows)
+
+
+def _delta_legend(tr: TableResult, precision: int) -> list[str]:
+    """What the Δ column's intervals and markers mean, for the rows that have them."""
+    d = tr.definition
+    ours = [r for r in tr.rows if r.source == "ours" and r.delta is not None]
+    paired = [r for r in ours if r.interval is not None and r.interval.test == "paired"]
+    welch = [r for r in ours if r.interval is not None and r.interval.test == "welch"]
+    noisy = [r for r in ours if r.interval is not None and r.interval.test == "noise"]
+    single = [r for r in ours if r.interval is None]
+    out = []
+    if paired or welch:
+        how = []
+        if paired:
+            n = sorted({r.interval.n_pairs for r in paired})
+            how.append(f"paired t over the {'/'.join(map(str, n))} seeds both rows ran ({_labels(paired)})")
+        if welch:
+            how.append(f"Welch's t, seeds not matched ({_labels(welch)})")
+        out.append(f"[lo, hi]: 95% confidence interval of Δ {d.delta} across seeds: " + "; ".join(how)
+                   + f"; {SIGNIFICANT} the interval excludes 0.")
+    if noisy or single:
+        nz = tr.noise
+        if nz is not None:
+            t = nz["sigma"]
+            out.append(f"One seed ({_labels(noisy)}): the seed noise of this setting is σ = {_num(t, precision + 1)} "
+                       f"{d.delta} (pooled std over seeds, {nz['df']} degrees of freedom; {nz['description']}; "
+                       f"bbrctl/data/seed_study.yaml). {WITHIN_NOISE} |Δ| is below t·σ·√(1/n + 1/n_base) "
+                       f"(= {_num(_one_one(nz), precision)} for two single runs), the 95% range of a difference "
+                       f"between two seeds of one configuration: within noise; {SIGNIFICANT} beyond it.")
+        else:
+            out.append(f"One seed ({_labels(single)}): no seed study of this setting ships with bbrctl "
+                       f"(bbrctl/data/seed_study.yaml), so these Δs cannot be told from seed noise; "
+                       f"run seeds (e.g. seed=0,1,2) for intervals.")
+    return out
+
+
+def _one_one(nz: dict) -> float:
+    from bbrctl.report.stats import noise_threshold
+
+    return noise_threshold(nz["sigma"], nz["df"], 1, 1)
 
 
 def _setting_line(tr: TableResult) -> str:
@@ -144,7 +204,7 @@ def _tex(s: str) -> str:
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "γ": r"$\gamma$", "β": r"$\beta$", "≥": r"$\geq$",
-            "₁": r"$_1$", "₂": r"$_2$", "²": r"$^2$"}
+            "₁": r"$_1$", "₂": r"$_2$", "²": r"$^2$", "σ": r"$\sigma$", "√": r"$\surd$", "·": r"$\cdot$"}
     return "".join(repl.get(ch, ch) for ch in s)
 
 
@@ -178,7 +238,9 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
     for c in d.columns:
         header += [c, f"{c}_std"]
     if d.delta:
-        header += [f"delta_{d.delta}", f"delta_{d.delta}_se"]
+        k = f"delta_{d.delta}"
+        header += [k, f"{k}_se", f"{k}_test", f"{k}_ci_low", f"{k}_ci_high", f"{k}_df", f"{k}_excludes_zero",
+                   f"{k}_noise_threshold", f"{k}_within_noise"]
     header.append("notes")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -190,6 +252,9 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
             line += [_raw(st.mean if st else None), _raw(st.std if st else None)]
         if d.delta:
             line += [_raw(r.delta[0] if r.delta else None), _raw(r.delta[1] if r.delta else None)]
+            iv = r.interval
+            line += ([iv.test, _raw(iv.low), _raw(iv.high), _raw(iv.df), _flag(iv.excludes_zero),
+                      _raw(iv.threshold), _flag(iv.within_noise)] if iv is not None else [""] * 7)
         line.append(" | ".join(t for texts in r.notes.values() for t in texts))
         w.writerow(line)
     return buf.getvalue()
@@ -197,6 +262,10 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
 
 def _raw(x: float | None) -> str:
     return "" if x is None else repr(round(x, 10))
+
+
+def _flag(x: bool | None) -> str:
+    return "" if x is None else ("true" if x else "false")
 
 
 def to_dict(tr: TableResult) -> dict:
@@ -209,7 +278,9 @@ def to_dict(tr: TableResult) -> dict:
             "metrics": {c: ({"mean": st.mean, "std": st.std, "n": st.n, "values": st.values} if st else None)
                         for c, st in ((c, r.stats.get(c)) for c in d.columns)},
             "baseline": r.baseline,
-            "delta": ({"metric": d.delta, "value": r.delta[0], "se": r.delta[1]} if r.delta else None),
+            "delta": ({"metric": d.delta, "value": r.delta[0], "se": r.delta[1],
+                       **({"interval": r.interval.as_dict()} if r.interval is not None else {"interval": None})}
+                      if r.delta else None),
             "seeds": r.seeds, "runs": r.runs,
             "notes": [t for texts in r.notes.values() for t in texts],
         })
@@ -218,7 +289,8 @@ def to_dict(tr: TableResult) -> dict:
         "label_columns": list(d.label_columns), "metric": d.metric, "columns": list(d.columns),
         "delta": d.delta, "runs_root": tr.root, "sweep": tr.sweep, "where": tr.where,
         "setting": tr.setting, "paper": tr.paper, "paper_caption": tr.paper_caption,
-        "rows": rows, "notes": tr.notes, "generated": tr.generated,
+        "rows": rows, "notes": tr.notes, "generated": tr.generated, "seed_noise": tr.noise,
+        "legend": grid(tr).legend,
     }
 
 

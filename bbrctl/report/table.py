@@ -2,8 +2,18 @@
 
 Cells are ``mean ± s`` over a row's finished seeds, where s is the sample standard deviation
 (n − 1 in the denominator; no s for n = 1). The Δ column is the row's mean minus its
-baseline row's mean; when both rows have n ≥ 2 it carries the standard error of that
-difference, sqrt(s₁²/n₁ + s₂²/n₂), so a reader can see whether a gain exceeds seed noise.
+baseline row's mean, with what tells a gain from seed noise (:mod:`bbrctl.report.stats`):
+
+* both rows n ≥ 2: a 95% confidence interval of the difference: paired t over the seeds
+  when both rows ran the same seeds (one finished run each), else Welch's t;
+* otherwise, when a seed study of the table's setting ships with bbrctl
+  (:mod:`bbrctl.report.seed_noise`): the range t_ν σ sqrt(1/n + 1/n_base) that a difference
+  of two configurations of equal mean stays within with 95% probability, σ the study's
+  pooled seed noise; a smaller |Δ| is "within noise";
+* otherwise nothing but the difference, and the legend says that one seed cannot tell.
+
+``RowResult.delta`` keeps (difference, standard error or None) with the standard error
+sqrt(s₁²/n₁ + s₂²/n₂) when both rows have n ≥ 2; ``RowResult.interval`` holds the test.
 The paper reports single runs, so its rows have neither.
 """
 
@@ -55,6 +65,8 @@ class RowResult:
     notes: dict[str, list[str]] = field(default_factory=dict)  # cell ("n", a column, "delta") → footnote texts
     runs: list[str] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)
+    seed_values: dict[Any, float] | None = None  # the Δ metric by seed, when each finished seed is unique
+    interval: Any = None                          # bbrctl.report.stats.Interval of the Δ
 
     def note(self, cell: str, text: str) -> None:
         self.notes.setdefault(cell, []).append(text)
@@ -71,6 +83,7 @@ class TableResult:
     where: dict[str, Any]
     paper: bool
     paper_caption: str | None
+    noise: dict | None = None       # the seed study used for single-seed Δs (see seed_noise)
     build_seconds: float = 0.0
     generated: float = field(default_factory=time.time)
 
@@ -122,6 +135,10 @@ def _fill_from_group(res: RowResult, group: Group, defn: TableDef) -> None:
     for col in defn.columns:
         vals = [v for v in (metric_value(r, defn.metric, col) for r in done) if v is not None]
         res.stats[col] = Stat.of(vals)
+        if col == defn.delta:
+            by_seed = {_seed(r): metric_value(r, defn.metric, col) for r in done}
+            if len(by_seed) == len(done) and None not in by_seed and None not in by_seed.values():
+                res.seed_values = by_seed
         if done and not vals:
             res.note(col, "no value: the evaluation set has no objects in that size range (COCO reports -1)"
                      if col in ("APs", "APm", "APl") else f"no value: results.json has no metrics.{defn.metric}.{col}")
@@ -208,7 +225,17 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
                 pres.stats = {c: Stat.of([prow.values[c]]) if c in prow.values else Stat.of([]) for c in defn.columns}
             rows.append(pres)
 
-    _deltas(rows, defn)
+    noise = None
+    if defn.delta:
+        from bbrctl.report.seed_noise import study_for
+
+        configs = [run.config for rid, g in sel.chosen.items() for run in g.runs]
+        study = study_for(defn.name, defn.metric, configs)
+        sigma = study.sigma(defn.delta) if study else None
+        if sigma is not None:
+            noise = {"study": study.id, "sigma": sigma[0], "df": sigma[1], "metric": defn.delta,
+                     "description": study.describe(), "meta": dict(study.meta), "match": dict(study.match)}
+    _deltas(rows, defn, noise)
     if not paper and any(r.paper_only for r in defn.rows):
         dropped = [" ".join(r.labels) for r in defn.rows if r.paper_only]
         reasons = sorted({r.paper_only for r in defn.rows if r.paper_only})
@@ -225,7 +252,7 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
 
     setting = _setting([sel.chosen[r.id] for r in runnable if r.id in sel.chosen])
     return TableResult(definition=defn, rows=rows, notes=table_notes, setting=setting, root=str(collection.root),
-                       sweep=sweep, where=where, paper=paper, paper_caption=paper_caption,
+                       sweep=sweep, where=where, paper=paper, paper_caption=paper_caption, noise=noise,
                        build_seconds=time.perf_counter() - t0)
 
 
@@ -240,7 +267,9 @@ def _setting(groups: list[Group]) -> dict[str, str]:
     return out
 
 
-def _deltas(rows: list[RowResult], defn: TableDef) -> None:
+def _deltas(rows: list[RowResult], defn: TableDef, noise: dict | None = None) -> None:
+    from bbrctl.report import stats
+
     col = defn.delta
     if not col:
         return
@@ -254,5 +283,16 @@ def _deltas(rows: list[RowResult], defn: TableDef) -> None:
         a, b = r.stats.get(col), base.stats.get(col)
         if not a or not b or a.mean is None or b.mean is None:
             continue
+        diff = a.mean - b.mean
         se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n) if a.n > 1 and b.n > 1 else None
-        r.delta = (a.mean - b.mean, se)
+        r.delta = (diff, se)
+        if r.source != "ours":
+            continue  # the paper's rows are single published runs
+        if a.n > 1 and b.n > 1:
+            pa, pb = r.seed_values, base.seed_values
+            if pa is not None and pb is not None and set(pa) == set(pb):
+                r.interval = stats.paired(pa, pb)
+            else:
+                r.interval = stats.welch(a.values, b.values)
+        elif noise is not None:
+            r.interval = stats.noise(diff, noise["sigma"], noise["df"], a.n, b.n)
