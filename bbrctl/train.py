@@ -139,7 +139,7 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
         raise
 
     from bbrctl.detection import engine
-    from bbrctl.detection.wandb_sink import WandbSink
+    from bbrctl.detection.wandb_run import WandbSink
 
     dist = engine.setup_distributed(device)
     if progress is None:

@@ -227,7 +227,7 @@ def train_part(torch, device, steps: int, budget_end: float) -> dict:
 
 
 def simulate_part(torch, device) -> dict:
-    from bbrctl.simulate import engine as E
+    from bbrctl.simulate import descent as E
     from bbrctl.simulate import protocol as P
 
     cfg = P.make_config(setup=1, losses="iou,giou,diou,ciou,eiou,focal_eiou")

@@ -29,7 +29,7 @@ HEAVY = ("torch", "torchvision", "matplotlib", "wandb", "scipy")
 
 
 def make_runs(root: Path) -> int:
-    from bbrctl.report.synthetic import TABLE1, base_config, make_config, make_run
+    from bbrctl.report.fake_runs import TABLE1, base_config, make_config, make_run
 
     base = base_config()
     n = 0

@@ -1,6 +1,6 @@
 """Setup 1 of the simulation (343,000 pairs, T = 200): the engine against a plain version.
 
-For each loss this times ``bbrctl.simulate.engine.simulate`` (the library loss with its
+For each loss this times ``bbrctl.simulate.descent.simulate`` (the library loss with its
 fused backward, float32, pairs with an exactly zero gradient dropped, quantiles every 5
 iterations) next to a straightforward implementation measured in the same run: the
 formulas of ``bbrctl.simulate.reference`` differentiated by autograd with (x, y, w, h) as
@@ -82,7 +82,7 @@ def main() -> int:
 
     import torch
 
-    from bbrctl.simulate import engine as E
+    from bbrctl.simulate import descent as E
     from bbrctl.simulate import protocol as P
     from bbrctl.simulate import reference as R
 

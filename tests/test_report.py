@@ -27,7 +27,7 @@ from bbrctl.report.main import report_figure, report_table
 from bbrctl.report.matching import equal, matches, parse_where
 from bbrctl.report.paper import paper_tables
 from bbrctl.report.render import render
-from bbrctl.report.synthetic import TABLE1, make_config, make_run
+from bbrctl.report.fake_runs import TABLE1, make_config, make_run
 from bbrctl.report.table import Stat, build_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -479,7 +479,7 @@ def test_wandb_offline_logs_the_table(full_table1, tmp_path_factory, monkeypatch
 
 
 def test_figure9c_series_and_x_from_loss_params(tmp_path):
-    from bbrctl.report.figures import build_figure
+    from bbrctl.report.ablation_plots import build_figure
 
     for g in (0.25, 0.5, 2.0):
         for loss, ap in (("focal_eiou", 33.0), ("focal_eiou_star", 31.0)):

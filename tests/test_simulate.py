@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bbrctl.errors import UserError
-from bbrctl.simulate import engine as E
+from bbrctl.simulate import descent as E
 from bbrctl.simulate import protocol as P
 from bbrctl.simulate.reference import get_reference_loss
 
@@ -341,6 +341,6 @@ def test_cuda_matches_cpu():  # pragma: no cover - no GPU on the CI runners
 def test_engine_chunks_are_loss_blocks():
     # One chunk of pairs must be one CPU block of the fused loss (no ragged second block).
     from bbrctl.losses import boxes
-    from bbrctl.simulate import engine
+    from bbrctl.simulate import descent as engine
 
     assert engine.CPU_CHUNK == boxes.CPU_BLOCK

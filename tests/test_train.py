@@ -192,7 +192,7 @@ def test_shipped_schedules_are_valid_and_paper_90k_is_the_papers():
 
 
 def test_wandb_mode_resolution(monkeypatch, tmp_path):
-    from bbrctl.detection import wandb_sink as ws
+    from bbrctl.detection import wandb_run as ws
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
@@ -212,7 +212,7 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_offline_wandb_run_is_named_after_the_run_dir(tmp_path, capsys, monkeypatch):
-    from bbrctl.detection.wandb_sink import run_id
+    from bbrctl.detection.wandb_run import run_id
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")

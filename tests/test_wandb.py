@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from wandb_offline import Segment, segments
 
-from bbrctl.detection import wandb_sink as ws
+from bbrctl.detection import wandb_run as ws
 
 
 def _offline(monkeypatch, wandb_dir: Path | None = None):

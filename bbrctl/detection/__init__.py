@@ -8,7 +8,7 @@ Modules (import the one you need; this package imports nothing heavy)::
     evaluate.py    COCO evaluation (faster-coco-eval) and model outputs -> COCO results
     models.py      torchvision detectors on ResNet-FPN backbones
     heads.py       the configured box-regression loss installed into the detection heads
-    engine.py      the training loop; checkpoint.py its checkpoints; wandb_sink.py logging
+    engine.py      the training loop; checkpoint.py its checkpoints; wandb_run.py W&B logging
     predict.py     a run's model from its checkpoint, and its detections on a few val images
     speed.py       CPU speed settings: channels_last, bf16 autocast, no-op resize skip
 """

@@ -9,7 +9,7 @@ scores first. The images are picked by :func:`bbrctl.detection.predict.pick_imag
 (evenly over the val images with objects), so every run is shown the same pictures.
 
 :func:`bbrctl.detection.pictures.draw_grid` is the drawing itself; the W&B image panel
-of a training run (bbrctl.detection.wandb_sink) calls it too, with one run's images laid
+of a training run (bbrctl.detection.wandb_run) calls it too, with one run's images laid
 out in a grid. :func:`detections_figure` runs inference (torch, imported only there) from
 each run's last checkpoint.
 """

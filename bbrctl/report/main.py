@@ -131,9 +131,9 @@ def report_table(key: str, *, runs: str | os.PathLike = "runs", sweep: str | Non
     outcome = Outcome("table", defn.name, fmt, text, tr, files)
     if wandb:
         from bbrctl.report.render import to_csv, to_markdown
-        from bbrctl.report.wandb_sink import log_report
+        from bbrctl.report.wandb_table import log_report
 
-        from bbrctl.report.wandb_sink import with_trace
+        from bbrctl.report.wandb_table import with_trace
 
         dirs = [d for r in tr.rows for d in r.runs]
         header, rows = with_trace(*_csv_rows(to_csv(tr)), [r.runs for r in tr.rows], _runs_by_dir(col))
@@ -181,7 +181,7 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
         if paper:
             sr.notes.append("--paper: the paper publishes Figures 7 and 8 as plots only; no numbers to compare")
         if wandb:
-            from bbrctl.report.wandb_sink import log_report
+            from bbrctl.report.wandb_table import log_report
 
             header, rows = summary_rows(sr)
             outcome.wandb = log_report(defn.name, defn.title, header, rows, images=[png],
@@ -189,7 +189,7 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
                                        config={"runs_root": str(runs)})
         return outcome
 
-    from bbrctl.report.figures import build_figure, figure_csv, figure_dict, figure_markdown, plot_figure
+    from bbrctl.report.ablation_plots import build_figure, figure_csv, figure_dict, figure_markdown, plot_figure
 
     col = _collection(runs, sweep)
     fr = build_figure(defn, col, where=filters, sweep=sweep)
@@ -210,9 +210,9 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
     atomic_write_bytes(png, image)
     outcome = Outcome("figure", defn.name, fmt, text, fr, [png, data])
     if wandb:
-        from bbrctl.report.wandb_sink import log_report
+        from bbrctl.report.wandb_table import log_report
 
-        from bbrctl.report.wandb_sink import with_trace
+        from bbrctl.report.wandb_table import with_trace
 
         dirs = [d for p in fr.points for d in p.runs]
         points = fr.points + ([fr.reference] if fr.reference else [])  # figure_csv's row order
@@ -246,7 +246,7 @@ def report_detections(run_dirs: Sequence[str], *, images: int = 4, score_thresho
             f"(score >= {score_threshold:g}):\n" + "".join(f"  {line}\n" for line in lines))
     outcome = Outcome("detections", "detections", "png", text, info, [png_path])
     if wandb:
-        from bbrctl.report.wandb_sink import TRACE_COLUMNS, log_report, trace_cells
+        from bbrctl.report.wandb_table import TRACE_COLUMNS, log_report, trace_cells
 
         by_dir = {str(d): r for d in dirs for r in collect(d).runs[:1]}  # a run dir collects itself
         rows = [[label, *trace_cells([str(d)], by_dir)] for label, d in zip(info["labels"], dirs)]
@@ -278,7 +278,7 @@ def print_outcome(outcome: Outcome, precision: int = 1, console=None, stream=Non
             stream.write(outcome.text)
         return
     if outcome.kind == "figure":
-        from bbrctl.report.figures import figure_markdown, figure_rows
+        from bbrctl.report.ablation_plots import figure_markdown, figure_rows
 
         if tty:
             _rich_simple(outcome.result.definition.title, *figure_rows(outcome.result, precision),

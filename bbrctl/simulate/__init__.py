@@ -3,7 +3,7 @@
 Modules, one job each (none imports torch or matplotlib at import time):
 
 * ``protocol``  setups 1 and 2 (anchors, targets, pairs), the step schedule, SimConfig
-* ``engine``    Algorithm 1 vectorised over all pairs, driving ``bbrctl.losses.get_loss``
+* ``descent``   Algorithm 1 vectorised over all pairs, driving ``bbrctl.losses.get_loss``
 * ``single``    Figure 1: one anchor's (w, h) trajectory per loss
 * ``curves``    Figures 4 and 5: FocalL1 loss and gradient curves
 * ``figures``   the PNGs (matplotlib, Agg)
@@ -14,7 +14,7 @@ Modules, one job each (none imports torch or matplotlib at import time):
 Typical use from Python::
 
     from bbrctl.simulate.protocol import make_config
-    from bbrctl.simulate.engine import simulate
+    from bbrctl.simulate.descent import simulate
     traces = simulate(make_config(setup=2, losses="eiou,focal_eiou"), "cpu")
     traces["eiou"].error[-1], traces["eiou"].summary()["mean_iou"]
 """

@@ -26,7 +26,7 @@ def focal_l1_curves(betas=FIG4_BETAS, x_max: float = 2.0, n: int = 401, loss_fac
     """{"x": [...], "loss": {β: [...]}, "grad": {β: [...]}} from the library's focal_l1."""
     import torch
 
-    from bbrctl.simulate.engine import default_loss_factory
+    from bbrctl.simulate.descent import default_loss_factory
 
     loss_factory = loss_factory or default_loss_factory
     x = torch.linspace(0.0, x_max, n, dtype=torch.float64)

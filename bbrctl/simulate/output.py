@@ -141,7 +141,7 @@ def write_error_csv(path: Path, traces) -> None:
 
 
 def write_quantile_csv(path: Path, traces) -> None:
-    from bbrctl.simulate.engine import QUANTILE_NAMES, THRESHOLDS
+    from bbrctl.simulate.descent import QUANTILE_NAMES, THRESHOLDS
 
     fracs = [f"frac_iou_gt_{th:g}" for th in THRESHOLDS]
     header = ["loss", "iteration", *QUANTILE_NAMES, "mean", *fracs]

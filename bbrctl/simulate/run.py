@@ -64,7 +64,7 @@ def set_threads(threads: Optional[int]) -> int:
 # --------------------------------------------------------------------------------------
 
 def simulate_with_progress(cfg: SimConfig, device, *, show_progress: bool = True, loss_factory=None):
-    from bbrctl.simulate.engine import default_loss_factory, simulate
+    from bbrctl.simulate.descent import default_loss_factory, simulate
 
     factory = loss_factory or default_loss_factory
     if not show_progress:
@@ -119,7 +119,7 @@ def run_setup(cfg: SimConfig, *, device: str = "auto", out: Optional[str] = None
               plots: bool = True, show_progress: bool = True, runs_root: str = "runs",
               loss_factory=None) -> tuple[Path, dict, bool]:
     """Simulate ``cfg`` and write its run directory; returns (dir, summary, reused)."""
-    from bbrctl.simulate.engine import resolve_device
+    from bbrctl.simulate.descent import resolve_device
 
     run_dir = Path(out) if out else O.default_run_dir(f"setup{cfg.setup}", cfg.signature(), runs_root)
     if O.check_destination(run_dir, explicit=bool(out), force=force):

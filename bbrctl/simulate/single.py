@@ -12,7 +12,7 @@ was found by a grid search (0.5 steps over [0, 10]²): it is a calibration of th
 unstated input, not an independent confirmation. Without the (2 − IoU) factor no grid
 point gets closer than (1.41, 2.76), which is the evidence for that rule's default.
 
-Same step as the simulations (engine.descend_, engine.loss_grad), in float64 on the CPU.
+Same step as the simulations (descent.descend_, descent.loss_grad), in float64 on the CPU.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def trajectories(cfg: SingleConfig, loss_factory=None, params: dict[str, dict] |
     """{loss: rows} with one row (iteration, x, y, w, h, iou) per iteration 0..T."""
     import torch
 
-    from bbrctl.simulate.engine import default_loss_factory, descend_, iou_rows, loss_grad, xywh_rows_to_xyxy
+    from bbrctl.simulate.descent import default_loss_factory, descend_, iou_rows, loss_grad, xywh_rows_to_xyxy
 
     loss_factory = loss_factory or default_loss_factory
     f64 = torch.float64
