@@ -296,6 +296,10 @@ def install_bbr_loss(model: torch.nn.Module, loss_name: str, params: Optional[Ma
     from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
     bbr = None if loss_name == "baseline" else BoxRegressionLoss(loss_name, params, weight)
+    own = getattr(model, "install_bbr_loss", None)
+    if own is not None:  # ATSS, PAA, DETR (bbrctl.detection.detectors) apply it themselves
+        own(bbr, weight)
+        return model
     if isinstance(model, RetinaNet):
         _swap(model.head.regression_head, RetinaNetRegressionHeadBBR, bbr, weight)
     elif isinstance(model, FCOS):

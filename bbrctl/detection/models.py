@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from bbrctl.errors import UserError
 
-MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "atss", "paa", "detr")
 NORMS = ("group", "batch", "frozen_bn")
 BLOCKS = ("basic", "bottleneck")
 EXTRA_LEVELS = ("p6p7", "pool", "none")
@@ -46,6 +46,11 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
     name = m.get("name")
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    from bbrctl.detection import detectors  # ATSS, PAA, DETR: bbrctl's own (no torch here)
+
+    if name == "detr":
+        return detectors.check_config(cfg)
+    detectors.check_dcn(b)
     _one_of("model.norm", m.get("norm", "group"), NORMS)
     _one_of("backbone.block", b.get("block"), BLOCKS)
     layers, widths = b.get("layers"), b.get("widths")
@@ -85,6 +90,8 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
             raise UserError(f"model.{key} must be an integer >= 16, got {m.get(key)!r}")
     if m.get("weights_backbone") and m.get("norm", "group") == "group":
         raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
+    if name in detectors.OWN_MODELS:
+        detectors.check_config(cfg)
 
 
 def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> str:
@@ -211,6 +218,9 @@ def build_backbone(cfg: Mapping[str, Any]):
     net = build_resnet(b, m.get("norm", "group"))
     if m.get("weights_backbone"):
         load_backbone_weights(net, str(m["weights_backbone"]))
+    from bbrctl.detection.dcn import apply_dcn
+
+    apply_dcn(net, b.get("dcn_stages"))  # after the weights: DCN keeps the plain convs' weights
     freeze_layers(net, int(m.get("trainable_backbone_layers", 5)))
     returned = list(m["returned_layers"])
     fpn = int(b["fpn_channels"])
@@ -257,6 +267,16 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
     check_model_config(cfg)
     m = cfg["model"]
     kind = m["name"]
+    if kind in ("atss", "paa", "detr"):
+        from bbrctl.detection import detectors
+
+        model = detectors.build(cfg, int(num_classes))
+        if install_loss:
+            from bbrctl.detection.heads import install_bbr_loss
+
+            loss = cfg["loss"]
+            install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), float(cfg.get("weight", 1.0)))
+        return model
     backbone = build_backbone(cfg)
     anchors = _anchor_generator(m)
     common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]))
