@@ -105,6 +105,8 @@ def check_schedule(s: Mapping[str, Any]) -> None:
     need(is_num(hp) and 0 <= hp <= 1, f"hflip_prob must be in [0, 1], got {hp!r}")
     need(isinstance(s.get("amp", True), bool), f"amp must be true or false, got {s.get('amp')!r}")
     need(s.get("optimizer", "sgd") in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {s.get('optimizer')!r}")
+    blf = s.get("backbone_lr_factor", 1.0)
+    need(is_num(blf) and 0 < blf <= 10, f"backbone_lr_factor must be in (0, 10], got {blf!r}")
 
 
 # --------------------------------------------------------------------------- run dirs
