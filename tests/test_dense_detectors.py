@@ -18,7 +18,7 @@ from bbrctl.errors import UserError
 torch.set_num_threads(1)
 
 MICRO = ["backbone=resnet_tiny", "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32",
-         "model.min_size=64", "model.max_size=64", "data=shapes_tiny", "model.head_convs=1", "model.anchor_base=16"]
+         "model.min_size=64", "model.max_size=64", "data=shapes_tiny", "model.head_convs=1", "model.anchor_base=8"]
 NUM_CLASSES = 3
 
 
@@ -518,12 +518,18 @@ def test_a_batch_without_objects_gives_finite_connected_losses():
         sum(out.values()).backward()
 
 
-def test_one_square_anchor_per_location_of_side_8x_stride_by_default():
-    cfg = to_container(compose(["model=atss"]))
-    from bbrctl.detection.models import anchor_sizes
+@pytest.mark.parametrize("model", ["atss", "paa"])
+def test_one_square_anchor_per_location_of_side_8x_stride_on_coco(model):
+    from bbrctl.detection.models import build_model
 
-    assert anchor_sizes(cfg["model"]) == [64.0, 128.0, 256.0, 512.0, 1024.0]   # 8 x strides 8..128
-    assert cfg["model"]["aspect_ratios"] == [1.0] and cfg["model"]["topk"] == 9
+    def sides(*over):
+        m = build_model(to_container(compose([f"model={model}", *over])), 3)
+        return [s[0] for s in m.anchor_generator.sizes], m.anchor_generator.aspect_ratios[0]
+
+    assert sides("data=coco") == ([64, 128, 256, 512, 1024], (1.0,))   # octave base scale 8 x strides 8..128
+    assert sides()[0] == [32, 64, 128, 256, 512]                        # data=shapes halves RetinaNet's base too
+    assert sides("model.anchor_sizes=[10,20,30,40,50]")[0] == [10, 20, 30, 40, 50]
+    assert to_container(compose([f"model={model}"]))["model"]["topk"] == 9
 
 
 @pytest.mark.parametrize("model, override, message", [

@@ -5,8 +5,9 @@ three detectors of the paper's Table 3 are assembled here from torchvision parts
 
 * ``atss`` / ``paa`` (``bbrctl.detection.atss`` / ``.paa``): the ResNet-FPN backbone of
   the other one-stage models (P3-P7, ``models.build_backbone``), one square anchor per
-  location of side ``anchor_base * 2**level`` (``anchor_base`` = octave base scale 8 x
-  stride 8 on COCO), the GroupNorm head of ``bbrctl.detection.dense``;
+  location of side ``anchor_base * octave_base_scale / 4 * 2**level`` (``anchor_base`` is
+  the data's hint for RetinaNet's 4 x stride, 32 on COCO: 8 x 8 = 64 px on P3 there), or
+  ``anchor_sizes`` as given; the GroupNorm head of ``bbrctl.detection.dense``;
 * ``detr`` (``bbrctl.detection.detr``): a ResNet trunk (C5) and a transformer.
 
 ``check_config`` runs without torch (``bbrctl train`` validates before it creates a run
@@ -80,6 +81,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         if m.get("extra_levels") == "pool":
             raise UserError(f"model.extra_levels=pool is for R-CNN; {name.upper()} uses p6p7 or none")
         _int(m, "topk", 1, 9)
+        _num(m, "octave_base_scale", 0.0, None, 8, open_low=True)
         convs = _int(m, "head_convs", 1, 4)
         if convs > 8:
             raise UserError(f"model.head_convs must be in [1, 8], got {convs}")
@@ -152,6 +154,8 @@ def _dense(cfg, num_classes):
     m = cfg["model"]
     backbone = build_backbone(cfg)
     sizes = anchor_sizes(m)
+    if m.get("anchor_sizes") is None:  # anchor_base is RetinaNet's 4 x stride; ATSS/PAA's side is 8 x stride
+        sizes = [s * float(m.get("octave_base_scale", 8)) / 4 for s in sizes]
     anchors = AnchorGenerator(tuple((int(round(s)),) for s in sizes), ((1.0,),) * len(sizes))
     head = DenseHead(backbone.out_channels, num_classes, len(sizes), num_convs=int(m.get("head_convs", 4)))
     common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]),

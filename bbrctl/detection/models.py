@@ -19,6 +19,9 @@ in one process, where it converged faster than GroupNorm in a few hundred steps 
 DDP on CUDA it becomes SyncBatchNorm). ``frozen_bn`` is the usual choice with an
 ImageNet checkpoint. The heads keep GroupNorm (``model.head_norm``).
 
+ATSS, PAA and DETR, which torchvision does not ship, are assembled from its parts in
+``bbrctl.detection.detectors``; ``check_model_config`` and ``build_model`` dispatch there.
+
 The configured BBR loss is installed by :func:`bbrctl.detection.heads.install_bbr_loss`.
 Config validation (:func:`check_model_config`) imports no torch, so ``bbrctl train``
 can reject a bad override before it creates a run directory.
