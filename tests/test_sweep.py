@@ -162,6 +162,13 @@ def test_table3_runs_the_six_detectors_on_their_paper_backbones(in_tmp):
     cpu = S.expand(["+experiment=table3", "backbone=resnet_tiny"])
     assert len(cpu.jobs) == 12 and {j.config["backbone"]["name"] for j in cpu.jobs} == {"resnet_tiny"}
     assert len({j.config["model"]["name"] for j in cpu.jobs}) == 6
+    embedded = S.expand(["+experiment=table3_cpu"])
+    cfgs = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in embedded.jobs}
+    assert len(embedded.jobs) == 12 and {m for m, _ in cfgs} == {m for m, _, _ in combos}
+    assert {c["backbone"]["name"] for c in cfgs.values()} == {"resnet_tiny"}
+    assert cfgs[("mask_rcnn", "baseline")]["model"]["box_batch_size_per_image"] == 128
+    assert cfgs[("detr", "focal_eiou")]["schedule"]["name"] == "detr_cpu_small"
+    assert cfgs[("atss", "focal_eiou")]["schedule"]["name"] == "cpu_small"
     paper = S.expand(["+experiment=table3", "data=coco", "schedule=paper_90k"])
     scheds = {j.config["model"]["name"]: j.config["schedule"]["name"] for j in paper.jobs}
     assert scheds["detr"] == "detr_paper_90k" and scheds["retinanet"] == "paper_90k"
