@@ -67,42 +67,42 @@ def gmm_fit_1d(x: Tensor, valid: Tensor, max_iter: int = 100, tol: float = 1e-3,
     xv = torch.where(valid, x, torch.zeros((), dtype=dt, device=x.device))
     m = valid.to(dt)
     n = m.sum(1).clamp(min=1)
+    feats = torch.stack([m, xv * m, xv * xv * m], -1)                     # (N, C, 3): 1, x, x^2
     big = torch.finfo(dt).max
     mu = torch.stack([torch.where(valid, x, big).amin(1), torch.where(valid, x, -big).amax(1)], 1)
-    var = torch.ones_like(mu)
-    w = torch.full_like(mu, 0.5)
+    # state (N, 3, 2): means, variances, weights of the two components
+    state = torch.stack([mu, torch.ones_like(mu), torch.full_like(mu, 0.5)], 1)
     lower = torch.full_like(n, -math.inf)
     done = torch.zeros_like(n, dtype=torch.bool)
     n_iter = torch.zeros_like(n, dtype=torch.int64)
     eps10 = 10 * torch.finfo(dt).eps
     half_log_2pi = 0.5 * math.log(2 * math.pi)
 
-    def log_prob(mu, var, w):  # (N, C, 2)
+    def log_prob(state):  # (N, C, 2); few kernels: the loop is launch-bound on small inputs
+        mu, var, w = state.unbind(1)
+        k = torch.log(w * torch.rsqrt(var)) - half_log_2pi
         d = xv[..., None] - mu[:, None, :]
-        return -half_log_2pi - 0.5 * torch.log(var)[:, None, :] - 0.5 * d * d / var[:, None, :] + torch.log(w)[:, None, :]
+        return torch.addcmul(k[:, None, :], d * d, (-0.5 / var)[:, None, :])
 
     for it in range(max_iter):
-        lp = log_prob(mu, var, w)
+        lp = log_prob(state)
         norm = torch.logsumexp(lp, -1)                                  # (N, C)
-        resp = torch.exp(lp - norm[..., None]) * m[..., None]
-        new_lower = (norm * m).sum(1) / n
-        nk = resp.sum(1) + eps10                                        # (N, 2)
-        sx = (resp * xv[..., None]).sum(1)
-        sxx = (resp * (xv * xv)[..., None]).sum(1)
-        mu_new = sx / nk
-        var_new = sxx / nk - 2 * mu_new * sx / nk + mu_new * mu_new + reg_covar
-        w_new = nk / nk.sum(1, keepdim=True)
+        stats = torch.einsum("ncj,nck->njk", feats, torch.exp(lp - norm[..., None]))   # (N, 3, 2)
+        new_lower = torch.einsum("nc,nc->n", norm, m) / n
+        nk = stats[:, 0] + eps10
+        mu_new = stats[:, 1] / nk
+        new = torch.stack([mu_new, stats[:, 2] / nk - mu_new * mu_new + reg_covar, nk / nk.sum(1, keepdim=True)], 1)
         upd = ~done
-        u = upd[:, None]
-        mu, var, w = torch.where(u, mu_new, mu), torch.where(u, var_new, var), torch.where(u, w_new, w)
-        n_iter = n_iter + upd.to(n_iter.dtype)
+        state = torch.where(upd[:, None, None], new, state)
+        n_iter = n_iter + upd.long()
         # scikit-learn stops after the M-step of the iteration whose E-step moved the
         # mean log-likelihood by less than tol.
         done = done | ((new_lower - lower).abs() < tol)
         lower = torch.where(upd, new_lower, lower)
         if (it + 1) % check_every == 0 and bool(done.all()):
             break
-    lp = log_prob(mu, var, w)
+    lp = log_prob(state)
+    mu, var, w = state.unbind(1)
     return {"assignment": lp.argmax(-1), "log_density": torch.logsumexp(lp, -1), "means": mu,
             "variances": var, "weights": w, "n_iter": n_iter}
 
