@@ -6,6 +6,10 @@ order effects hit both alike, and the ratio focal_eiou / stock is the median of 
 per-pair ratios.
 Target: Focal-EIoU costs <= 3% throughput (ratio >= 0.97).
 
+For ATSS, PAA and DETR it also reports the share of a training step spent in the
+assigner (ATSS's sample selection, PAA's candidate scoring + mixture fit, DETR's Hungarian
+matching), timed inside the same steps (on CUDA with a synchronisation around it).
+
 It also times the data pipeline alone (the training DataLoader with the configured
 workers) and prints its images/s next to the fastest model's: the pipeline keeps up when
 its rate is above the training rate (on a GPU, raise data.num_workers until it is).
@@ -28,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "atss", "paa", "detr")
 
 
 def parse() -> argparse.Namespace:
@@ -111,6 +115,7 @@ def main() -> None:
                                                    loss_in_rpn=False)}
         with_masks = name == "mask_rcnn"
         dev_batches = [to_dev(b, with_masks) for b in batches]
+        assigner_s = {k: _time_assigner(name, m, cuda) for k, m in variants.items()}
         opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in variants.items()}
         scalers = {k: torch.amp.GradScaler("cuda", enabled=amp) for k in variants}
         step_no = {k: 0 for k in variants}
@@ -139,7 +144,11 @@ def main() -> None:
         for k in variants:
             variants[k].train()
             timed(k, warmup)
+        for k in assigner_s:
+            if assigner_s[k] is not None:
+                assigner_s[k][0] = 0.0
         rates = {k: [] for k in variants}
+        step_s = {k: 0.0 for k in variants}
         order = list(variants)
         t_model = time.perf_counter()
         r = 0
@@ -149,6 +158,7 @@ def main() -> None:
             # change) is alternately stock and Focal-EIoU.
             for k in (order if r % 2 == 0 else order[::-1]):
                 rates[k].append(timed(k, chunk))
+                step_s[k] += chunk * batch / rates[k][-1]
             r += 1
         pair = sorted(f / s for f, s in zip(rates["focal_eiou"], rates["stock"]))
         ratio = statistics.median(pair)
@@ -156,10 +166,15 @@ def main() -> None:
         row = {"model": name, "stock_img_s": statistics.median(rates["stock"]),
                "focal_eiou_img_s": statistics.median(rates["focal_eiou"]), "ratio": ratio,
                "ratio_iqr": [q1, q3], "pairs": len(pair)}
+        share = ""
+        if assigner_s["stock"] is not None:
+            row["assigner_share"] = {k: assigner_s[k][0] / step_s[k] for k in variants}
+            share = "   assigner " + " / ".join(f"{row['assigner_share'][k] * 100:.1f}%" for k in variants) + \
+                " of a step"
         rows.append(row)
         print(f"{name:12s} stock {row['stock_img_s']:8.2f} img/s   focal_eiou {row['focal_eiou_img_s']:8.2f} img/s   "
               f"ratio {ratio:.3f} ({(1 - ratio) * 100:+.1f}% cost; per-pair IQR {q1:.3f}-{q3:.3f}, "
-              f"{len(pair)} pairs)", flush=True)
+              f"{len(pair)} pairs){share}", flush=True)
         del variants, opts, stock
         if cuda:
             torch.cuda.empty_cache()
@@ -191,6 +206,45 @@ def main() -> None:
                "rows": rows, "loader_img_s": loader_rate, "workers": workers, "threads": torch.get_num_threads(),
                "host_cpus": os.cpu_count()}
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _time_assigner(name: str, model, cuda: bool):
+    """Wrap the model's assigner with a timer; returns [seconds] (accumulating) or None."""
+    import torch
+
+    def timer(fn, acc):
+        def wrapped(*args, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+            acc[0] += time.perf_counter() - t0
+            return out
+        return wrapped
+
+    acc = [0.0]
+    if name == "atss":
+        import bbrctl.detection.atss as atss
+
+        plain = atss.atss_assign
+
+        def compute_loss(*args, _orig=model.compute_loss):
+            atss.atss_assign = timer(plain, acc)   # only while this model computes its loss
+            try:
+                return _orig(*args)
+            finally:
+                atss.atss_assign = plain
+        model.compute_loss = compute_loss
+    elif name == "paa":
+        model.assign = timer(model.assign, acc)
+    elif name == "detr":
+        matcher = model.matcher
+        model.matcher = timer(matcher.__call__, acc)
+    else:
+        return None
+    return acc
 
 
 if __name__ == "__main__":

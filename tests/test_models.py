@@ -306,7 +306,7 @@ def test_fcos_perfect_points_cost_nothing():
 
 
 def test_resnext101_32x4d_is_the_published_architecture():
-    from bbrctl.detection.models import build_resnet
+    from bbrctl.detection.backbones import build_resnet
 
     cfg = to_container(compose(["backbone=resnext101_32x4d"]))["backbone"]
     net = build_resnet(cfg, "batch")  # BatchNorm: its affine weights are parameters
@@ -319,7 +319,7 @@ def test_resnext101_32x4d_is_the_published_architecture():
 def test_resnet50_matches_torchvision_layout():
     import torchvision
 
-    from bbrctl.detection.models import build_resnet
+    from bbrctl.detection.backbones import build_resnet
 
     cfg = to_container(compose(["backbone=resnet50"]))["backbone"]
     ours = build_resnet(cfg, "batch").state_dict()
@@ -328,7 +328,7 @@ def test_resnet50_matches_torchvision_layout():
 
 
 def test_anchor_sizes_follow_the_data_hint():
-    from bbrctl.detection.models import anchor_sizes
+    from bbrctl.detection.backbones import anchor_sizes
 
     assert anchor_sizes(to_container(compose(["data=coco"]))["model"]) == [32, 64, 128, 256, 512]
     assert anchor_sizes(to_container(compose(["model=faster_rcnn", "data=coco", "+data.anchor_base=12"]))["model"]) \

@@ -71,7 +71,8 @@ def test_shipped_definitions_load_and_table1_has_the_papers_eight_methods():
     assert t1.columns == ("AP", "AP50", "AP75", "APs", "APm", "APl")
     t3 = definitions.load("table", "3")
     assert t3.label_columns == ("Method", "Backbone")
-    assert {r.labels[0] for r in t3.rows if r.paper_only} == {"ATSS", "ATSS*", "PAA", "PAA*", "DETR", "DETR*"}
+    assert len(t3.rows) == 22 and not any(r.paper_only for r in t3.rows)   # every paper row is runnable
+    assert {r.labels[0].rstrip("*") for r in t3.rows} == {"Faster R-CNN", "Mask R-CNN", "RetinaNet", "ATSS", "PAA", "DETR"}
     # Each starred row compares against its own detector and backbone.
     assert definitions.load("table", "3").rows[1].baseline == "faster_rcnn_r50"
 
@@ -324,19 +325,29 @@ def test_rich_terminal_table(full_table1):
     assert "Table 1" in text and "Focal-EIOU (v1)" in text and "37.1 ± 0.1" in text and "+7.0 [+7.0, +7.0]*" in text
 
 
-def test_table3_paper_only_rows(tmp_path):
-    make_run(tmp_path, make_config("baseline", model__name="faster_rcnn", backbone__name="resnet50"), ap=20.0)
-    make_run(tmp_path, make_config("focal_eiou", model__name="faster_rcnn", backbone__name="resnet50"), ap=21.0)
+def test_table3_cpu_runs_fill_every_detectors_rows(tmp_path):
+    """The embedded-default Table 3 (one small backbone, DETR on its own schedule) fills the
+    ResNet-50 rows of all six detectors; the ResNeXt rows stay missing."""
+    for i, model in enumerate(("faster_rcnn", "mask_rcnn", "retinanet", "atss", "paa", "detr")):
+        extra = {"schedule__name": "detr_cpu_small", "schedule__max_iter": 3000,
+                 "schedule__optimizer": "adamw"} if model == "detr" else {}
+        for loss, ap in (("baseline", 20.0 + i), ("focal_eiou", 21.0 + 2 * i)):
+            make_run(tmp_path, make_config(loss, sweep="table3", model__name=model, backbone__name="resnet_tiny",
+                                           **extra), ap=ap)
     d = definitions.load("table", "3")
     tr = build_table(d, collect(tmp_path))
-    assert len(tr.rows) == 12 and not any(r.labels[0].startswith("ATSS") for r in tr.rows)
-    assert row(tr, "faster_rcnn_r50_star").delta[0] == pytest.approx(1.0)
-    assert any("ATSS" in n and "--paper" in n for n in tr.notes)
+    done = [r.id for r in tr.rows if r.state == "done"]
+    assert len(done) == 12 and all(r.endswith(("_r50", "_r50_star")) for r in done)
+    assert {r.id for r in tr.rows if r.state == "missing"} == {r.id for r in d.rows if "x101" in r.id}
+    assert row(tr, "detr_r50_star").delta[0] == pytest.approx(1.0 + 5)
+    assert row(tr, "atss_r50_star").delta[0] == pytest.approx(1.0 + 3)
+    assert tr.setting["backbone.name"] == "resnet_tiny" and tr.setting["schedule.name"] == "per row"
+    assert not any("Other settings" in n for n in tr.notes)
     trp = build_table(d, collect(tmp_path), paper=True)
     atss = [r for r in trp.rows if r.id == "atss_r50"]
-    assert [r.state for r in atss] == ["not run", "done"]
-    assert atss[1].stats["AP"].mean == 39.1
+    assert [r.source for r in atss] == ["ours", "paper"] and atss[1].stats["AP"].mean == 39.1
     assert row(trp, "atss_r50_star", "paper").delta[0] == pytest.approx(0.6)
+    assert row(trp, "detr_r50", "ours").stats["AP"].mean == 25.0
 
 
 # --------------------------------------------------------------------------- the command

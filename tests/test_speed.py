@@ -159,7 +159,7 @@ def test_train_config_rejects_bad_cpu_settings():
 
 @pytest.mark.parametrize("stem", ["pool", "stride4", "conv3x2"])
 def test_stems_give_layer1_a_stride_4_input(stem):
-    from bbrctl.detection.models import build_resnet
+    from bbrctl.detection.backbones import build_resnet
 
     b = {**cfg()["backbone"], "stem": stem}
     net = build_resnet(b, "batch")

@@ -150,12 +150,31 @@ def test_table1_uses_the_papers_weights_and_defaults(in_tmp):
     assert by_loss["focal_l1"]["loss"]["params"]["beta"] == 0.8
 
 
-def test_table3_crosses_detectors_backbones_and_losses(in_tmp):
+def test_table3_runs_the_six_detectors_on_their_paper_backbones(in_tmp):
     plan = S.expand(["+experiment=table3"])
     combos = {(c["model"]["name"], c["backbone"]["name"], c["loss"]["name"]) for c in (j.config for j in plan.jobs)}
-    assert len(plan.jobs) == 12 and len(combos) == 12
-    assert {m for m, _, _ in combos} == {"faster_rcnn", "mask_rcnn", "retinanet"}
-    assert {b for _, b, _ in combos} == {"resnet50", "resnext101_32x4d"}
+    assert len(plan.jobs) == 22 and len(combos) == 22
+    pairs = {(m, b) for m, b, _ in combos}
+    assert pairs == {(m, b) for m in ("faster_rcnn", "mask_rcnn", "retinanet") for b in ("resnet50", "resnext101_32x4d")} | \
+        {(m, b) for m in ("atss", "paa") for b in ("resnet50", "resnext101_64x4d_dcn")} | {("detr", "resnet50")}
+    assert {loss for _, _, loss in combos} == {"baseline", "focal_eiou"}
+    by = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in plan.jobs}
+    assert by[("detr", "baseline")]["schedule"]["optimizer"] == "adamw"          # DETR's own schedule
+    assert by[("atss", "baseline")]["schedule"]["name"] == "cpu_small"
+    # One backbone on the command line collapses the pairs: 6 detectors x 2 losses.
+    cpu = S.expand(["+experiment=table3", "backbone=resnet_tiny"])
+    assert len(cpu.jobs) == 12 and {j.config["backbone"]["name"] for j in cpu.jobs} == {"resnet_tiny"}
+    assert len({j.config["model"]["name"] for j in cpu.jobs}) == 6
+    embedded = S.expand(["+experiment=table3_cpu"])
+    cfgs = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in embedded.jobs}
+    assert len(embedded.jobs) == 12 and {m for m, _ in cfgs} == {m for m, _, _ in combos}
+    assert {c["backbone"]["name"] for c in cfgs.values()} == {"resnet_tiny"}
+    assert cfgs[("mask_rcnn", "baseline")]["model"]["box_batch_size_per_image"] == 128
+    assert cfgs[("detr", "focal_eiou")]["schedule"]["name"] == "detr_cpu_small"
+    assert cfgs[("atss", "focal_eiou")]["schedule"]["name"] == "cpu_small"
+    paper = S.expand(["+experiment=table3", "data=coco", "schedule=paper_90k"])
+    scheds = {j.config["model"]["name"]: j.config["schedule"]["name"] for j in paper.jobs}
+    assert scheds["detr"] == "detr_paper_90k" and scheds["retinanet"] == "paper_90k"
 
 
 def test_fig9b_and_fig9c_sweep_the_focal_parameters(in_tmp):

@@ -23,6 +23,11 @@ CASES = {  # each model once, with a loss from each family
     "fcos": ["loss=ciou", *ONE_STAGE],
     "faster_rcnn": ["loss=focal_l1", "model.loss_in_rpn=true", *TWO_STAGE],
     "mask_rcnn": ["loss=eiou", "model.mask_head_channels=16", *TWO_STAGE],
+    "atss": ["loss=baseline", *ONE_STAGE, "model.anchor_base=8"],
+    "paa": ["loss=focal_eiou", *ONE_STAGE, "model.anchor_base=8"],
+    "detr": ["loss=giou", "model.d_model=32", "model.nhead=4", "model.enc_layers=1", "model.dec_layers=2",
+             "model.dim_feedforward=32", "model.num_queries=8", "schedule.optimizer=adamw",
+             "+schedule.backbone_lr_factor=0.1"],
 }
 
 
@@ -77,12 +82,16 @@ def test_train_writes_a_complete_run_directory(model, tmp_path, capsys):
     train_lines = [x for x in lines if "loss" in x]
     assert [x["iteration"] for x in train_lines] == [1, 2, 3, 4]
     assert all(math.isfinite(x["loss"]) and x["lr"] > 0 and x["time"] > 0 for x in train_lines)
-    reg = "bbox_regression" if model in ("retinanet", "fcos") else "loss_box_reg"
+    reg = "loss_box_reg" if "rcnn" in model else "bbox_regression"
     assert all(reg in x for x in train_lines)
     assert lines[-1]["iteration"] == 4 and sorted(lines[-1]["eval"]) == iou_types
 
     ck = load_checkpoint(run_dir / store.CHECKPOINTS / "last.pt")
     assert ck["iteration"] == 4 and ck["signature"] == job["signature"]
+    if model == "detr":  # the trunk's param group at backbone_lr_factor x the lr
+        groups = ck["optimizer"]["param_groups"]
+        assert [g["lr_scale"] for g in groups] == [1.0, 0.1]
+        assert groups[1]["lr"] == pytest.approx(0.1 * groups[0]["lr"]) and groups[0]["lr"] > 0
     assert store.read_json(run_dir / store.STATUS)["iteration"] == 4
     assert "evaluating" in (run_dir / store.LOG).read_text()
 

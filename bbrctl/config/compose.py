@@ -142,6 +142,12 @@ def _composition_message(e: Exception, overrides: Sequence[str], user_dirs) -> s
     if m:
         group, option = m.group(1), m.group(2)
         return f"unknown {group} option {option!r}; valid {group} options: {', '.join(group_options(group, user_dirs))}"
+    m = re.search(r"Error resolving interpolation '\$\{model\}_\$\{schedule\}'", text + cause)
+    if m:       # conf/config.yaml's optional model_setting entry names both groups
+        gone = next((ov.lstrip("~").split("=")[0] for ov in overrides if ov.startswith("~")
+                     and ov.lstrip("~").split("=")[0] in ("model", "schedule")), "model")
+        opts = ", ".join(group_options(gone, user_dirs))
+        return f"the config has no {gone!r} group: choose one with {gone}=<option>; valid {gone} options: {opts}"
     m = re.search(r"Could not delete from config\. '([^']+)' does not exist", text + cause)
     if m:
         return unknown_key_message(m.group(1), overrides, verb="delete")

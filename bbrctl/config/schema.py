@@ -35,7 +35,8 @@ INV_E = 1.0 / math.e
 # COCO-format dataset read from disk, identified by that name in signatures.
 SYNTHETIC_DATA = ("shapes", "shapes_tiny", "shapes_coco")
 
-MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "atss", "paa", "detr")
+DENSE_MODELS = ("atss", "paa")      # bbrctl's own one-stage detectors (bbrctl.detection.detectors)
 NORMS = ("group", "batch", "frozen_bn")
 EXTRA_LEVELS = ("p6p7", "pool", "none")
 LAUNCHERS = ("local", "slurm")
@@ -105,6 +106,29 @@ _RCNN: Keys = {
     "rpn_batch_size_per_image": optional(_POS_INT), "box_batch_size_per_image": optional(_POS_INT),
     "box_head_dim": optional(_POS_INT),
 }
+_DENSE: Keys = {
+    **MODEL_COMMON, **_ANCHOR_BASE,
+    "octave_base_scale": optional(Float(lo=0.0, lo_open=True)),   # anchor side = 8 x stride on COCO
+    "topk": optional(Int(lo=1, hi=100)),                          # candidates per level and gt
+    "head_convs": optional(Int(lo=1, hi=8)),
+    "topk_candidates": optional(Int(lo=1)),
+}
+_DETR: Keys = {
+    **{k: MODEL_COMMON[k] for k in ("name", "weights_backbone", "norm", "trainable_backbone_layers", "min_size",
+                                    "max_size", "score_thresh", "detections_per_img", "kwargs")},
+    "d_model": optional(Int(lo=8, hi=4096)),
+    "nhead": optional(Int(lo=1, hi=64)),
+    "enc_layers": optional(Int(lo=0, hi=24)),
+    "dec_layers": optional(Int(lo=1, hi=24)),
+    "dim_feedforward": optional(Int(lo=1, hi=65536)),
+    "dropout": optional(Float(lo=0.0, hi=0.99)),
+    "num_queries": optional(Int(lo=1, hi=1000)),
+    "aux_loss": optional(Bool()),                 # losses (and matching) at every decoder layer
+    "eos_coef": optional(Float(lo=0.0, hi=1.0, lo_open=True)),
+    **{k: optional(Float(lo=0.0)) for k in ("cost_class", "cost_bbox", "cost_giou", "loss_ce", "loss_bbox",
+                                             "loss_giou")},
+    "loss_in_matching": optional(Bool()),         # DETR*: the configured loss in the matching cost too
+}
 MODEL: dict[str, Keys] = {
     "retinanet": {**MODEL_COMMON, **_ANCHOR_BASE, **_ONE_STAGE,
                   "fg_iou_thresh": optional(_PROB), "bg_iou_thresh": optional(_PROB),
@@ -112,6 +136,9 @@ MODEL: dict[str, Keys] = {
     "fcos": {**MODEL_COMMON, **_ONE_STAGE, "center_sampling_radius": optional(Float(lo=0.0, lo_open=True))},
     "faster_rcnn": {**MODEL_COMMON, **_RCNN},
     "mask_rcnn": {**MODEL_COMMON, **_RCNN, "mask_head_channels": Nullable(inner=_POS_INT, required=False)},
+    "atss": _DENSE,
+    "paa": {**_DENSE, "score_voting": optional(Bool()), "loss_in_assignment": optional(Bool())},
+    "detr": _DETR,
 }
 
 # Values that become directory names (bbrctl.train.run_name) are names, never paths.
@@ -129,6 +156,8 @@ BACKBONE: Keys = {
     "norm": optional(Choice(values=NORMS)),
     # pool: torchvision's 7x7/2 conv + max-pool; stride4: one 7x7/4 conv; conv3x2: two 3x3/2 convs
     "stem": optional(Choice(values=("pool", "stride4", "conv3x2"))),
+    # Modulated deformable convolutions (DCNv2) in stages c2..c5 (ResNeXt-101 64x4d DCN: c3-c5).
+    "dcn_stages": Nullable(inner=ListOf(item=Bool(), length=4), required=False),
 }
 
 _DATA_COMMON: Keys = {
@@ -187,6 +216,7 @@ SCHEDULE: Keys = {
     "momentum": optional(Float(lo=0.0, hi=1.0, hi_open=True)),
     "weight_decay": optional(Float(lo=0.0)),
     "clip_grad_norm": Nullable(inner=Float(lo=0.0, lo_open=True), required=False),
+    "backbone_lr_factor": optional(Float(lo=0.0, hi=10.0, lo_open=True)),   # the trunk's lr multiplier (DETR: 0.1)
     "amp": optional(Bool()),
     "hflip_prob": optional(_PROB),
     "checkpoint_period": optional(Nullable(inner=Int(lo=0))),
@@ -335,6 +365,15 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     if name not in MODEL:
         raise UserError(f"model.name={_show(name)} is not a detector; valid: {', '.join(MODEL)}")
     check_group(m, MODEL[name], "model", f"model ({name})")
+    if m.get("weights_backbone") and m.get("norm", "group") == "group":
+        raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
+    _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
+    if name == "detr":          # no pyramid, no anchors: a trunk and a transformer
+        d, heads = m.get("d_model", 256), m.get("nhead", 8)
+        _need(d % heads == 0 and d % 2 == 0, f"model.d_model={d} must be even and divisible by model.nhead={heads}")
+        _need(any(m.get(k, 1.0) for k in ("cost_class", "cost_bbox", "cost_giou")),
+              "model.cost_class, cost_bbox and cost_giou are all 0: the matcher would have nothing to match on")
+        return
     returned, extra = list(m["returned_layers"]), m["extra_levels"]
     levels = len(returned) + {"p6p7": 2, "pool": 1, "none": 0}[extra]
     if m.get("anchor_sizes") is None:
@@ -346,7 +385,11 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     elif len(m["anchor_sizes"]) != levels:
         raise UserError(f"model.anchor_sizes must give one positive size per pyramid level ({levels} for "
                         f"returned_layers={returned} and extra_levels={extra}), got {_show(m['anchor_sizes'])}")
-    _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
+    if name in DENSE_MODELS:
+        _need(list(m["aspect_ratios"]) == [1.0] and int(m.get("anchor_scales_per_octave", 1)) == 1,
+              f"{name.upper()} uses one square anchor per location: model.aspect_ratios must be [1.0] and "
+              "model.anchor_scales_per_octave 1")
+        _need(extra != "pool", f"model.extra_levels=pool is for R-CNN; {name.upper()} uses p6p7 or none")
     if name == "fcos":
         _need(len(m["aspect_ratios"]) == 1 and int(m.get("anchor_scales_per_octave", 1)) == 1,
               "FCOS takes one point per location: model.aspect_ratios must have one entry and "
@@ -359,8 +402,6 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     if name == "retinanet":
         fg, bg = m.get("fg_iou_thresh", 0.5), m.get("bg_iou_thresh", 0.4)
         _need(bg <= fg, f"model.bg_iou_thresh={bg} must be <= model.fg_iou_thresh={fg}")
-    if m.get("weights_backbone") and m.get("norm", "group") == "group":
-        raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
 
 
 def is_synthetic(data: Mapping[str, Any]) -> bool:

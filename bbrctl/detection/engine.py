@@ -171,8 +171,19 @@ OPTIMIZERS = ("sgd", "adamw")
 
 def build_optimizer(model: torch.nn.Module, sched: Mapping[str, Any]) -> torch.optim.Optimizer:
     """SGD with momentum (the paper's, and the default); AdamW for short CPU schedules,
-    where from-scratch SGD has not left the plateau after a few hundred steps."""
+    where from-scratch SGD has not left the plateau after a few hundred steps, and DETR.
+
+    ``schedule.backbone_lr_factor`` (default 1) trains the ResNet trunk (parameters named
+    ``backbone.body.*``) at that multiple of the lr (DETR: 0.1); each param group carries
+    its ``lr_scale`` and the loop sets ``lr = scaled lr x lr_scale``.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    factor = float(sched.get("backbone_lr_factor", 1.0) or 1.0)
+    if factor != 1.0:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        trunk = [p for n, p in named if n.startswith("backbone.body.")]
+        rest = [p for n, p in named if not n.startswith("backbone.body.")]
+        params = [{"params": rest, "lr_scale": 1.0}, {"params": trunk, "lr_scale": factor}]
     kind = sched.get("optimizer", "sgd")
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=scaled_lr(sched), weight_decay=float(sched.get("weight_decay", 1e-4)))
@@ -548,7 +559,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
                     t1 = time.perf_counter()
                     lr = base_lr * lr_factor(it, sched)
                     for g in optimizer.param_groups:
-                        g["lr"] = lr
+                        g["lr"] = lr * g.get("lr_scale", 1.0)
                     with autocast(cfg, dist):
                         loss_dict = net(images, targets)
                     if not names:

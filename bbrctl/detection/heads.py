@@ -291,11 +291,17 @@ def install_bbr_loss(model: torch.nn.Module, loss_name: str, params: Optional[Ma
     """Make ``model`` (a torchvision RetinaNet, FCOS, Faster or Mask R-CNN) use the loss.
 
     ``loss_name="baseline"`` keeps each detector's stock regression loss (times
-    ``weight``). Returns the same model, modified in place.
+    ``weight``). Returns the same model, modified in place. bbrctl's own detectors (ATSS,
+    PAA, DETR: ``bbrctl.detection.detectors``) take the :class:`BoxRegressionLoss`
+    through their ``install_bbr_loss`` method and apply it by the same rules.
     """
     from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
     bbr = None if loss_name == "baseline" else BoxRegressionLoss(loss_name, params, weight)
+    own = getattr(model, "install_bbr_loss", None)
+    if own is not None:  # ATSS, PAA, DETR (bbrctl.detection.detectors) apply it themselves
+        own(bbr, weight)
+        return model
     if isinstance(model, RetinaNet):
         _swap(model.head.regression_head, RetinaNetRegressionHeadBBR, bbr, weight)
     elif isinstance(model, FCOS):
