@@ -250,17 +250,23 @@ def _positives(m, head, anchors, sizes, targets):
     return head["bbox_regression"][bi, ai], a, g, centerness_targets(a, g)
 
 
+def _stock_equals_explicit_giou(name: str, weight: float):
+    """Check that loss=giou at the stock weight is the stock loss; return the stock pieces."""
+    _, targets = batch()
+    stock = hooked(name)
+    head, anchors, sizes = _outputs(stock, targets)
+    ref = stock.compute_loss(targets, head, anchors, sizes)
+    explicit = hooked(name, "giou", {}, weight).compute_loss(targets, head, anchors, sizes)
+    for k in ref:
+        torch.testing.assert_close(explicit[k], ref[k], rtol=1e-5, atol=1e-6)
+    return stock, targets, head, anchors, sizes, ref
+
+
 def test_atss_loss_swap_spaces_normalisers_and_the_explicit_stock_equivalent():
     from bbrctl.losses import focal_eiou_loss, smooth_l1_loss
 
-    _, targets = batch()
-    stock = hooked("atss")
-    head, anchors, sizes = _outputs(stock, targets)
-    ref = stock.compute_loss(targets, head, anchors, sizes)
     # GIoU with weight 2 through the swap path is the stock loss (same normaliser).
-    explicit = hooked("atss", "giou", {}, 2.0).compute_loss(targets, head, anchors, sizes)
-    for k in ref:
-        torch.testing.assert_close(explicit[k], ref[k], rtol=1e-5, atol=1e-6)
+    stock, targets, head, anchors, sizes, ref = _stock_equals_explicit_giou("atss", 2.0)
     d, a, g, ct = _positives(stock, head, anchors, sizes, targets)
     boxes = stock.decode(d, a)
     # Focal-EIoU: Eq. 11 over the batch's positives (no centerness weighting), x weight.
@@ -438,13 +444,7 @@ def test_paa_loss_matches_the_plain_implementation_for_a_given_assignment(monkey
 def test_paa_loss_swap_and_assignment_option():
     from bbrctl.losses import focal_eiou_loss
 
-    _, targets = batch()
-    stock = hooked("paa")
-    head, anchors, sizes = _outputs(stock, targets)
-    ref = stock.compute_loss(targets, head, anchors, sizes)
-    explicit = hooked("paa", "giou", {}, 1.3).compute_loss(targets, head, anchors, sizes)
-    for k in ref:
-        torch.testing.assert_close(explicit[k], ref[k], rtol=1e-5, atol=1e-6)
+    stock, targets, head, anchors, sizes, ref = _stock_equals_explicit_giou("paa", 1.3)
     fe_model = hooked("paa", "focal_eiou", {"gamma": 0.5}, 2.5)
     fe = fe_model.compute_loss(targets, head, anchors, sizes)
     matched = stock.assign(targets, head, anchors, sizes)[0]

@@ -79,7 +79,8 @@ def make_dets(gt: dict, seed: int, segm: bool = False) -> list[dict]:
     return dets
 
 
-def pycocotools_stats(gt: dict, dets: list[dict], iou_type: str, tmp_path, img_ids=None) -> list[float]:
+def pycocotools_stats(gt: dict, dets: list[dict], iou_type: str, tmp_path, img_ids=None,
+                      cat_ids=None) -> list[float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -95,6 +96,8 @@ def pycocotools_stats(gt: dict, dets: list[dict], iou_type: str, tmp_path, img_i
         ev = COCOeval(coco_gt, coco_dt, iou_type)
         if img_ids is not None:
             ev.params.imgIds = sorted(img_ids)
+        if cat_ids is not None:
+            ev.params.catIds = list(cat_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -234,23 +237,7 @@ def test_evaluator_accumulates_batches(tmp_path):
 
 def _pycocotools_per_category(gt: dict, dets: list[dict], iou_type: str, tmp_path, cat_id: int) -> list[float]:
     """pycocotools' stats when it evaluates one category alone (params.catIds = [cat_id])."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    path = tmp_path / "gt.json"
-    path.write_text(json.dumps(gt))
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(path))
-        dts = copy.deepcopy(dets)
-        if iou_type == "segm":
-            for d in dts:
-                d.pop("bbox", None)
-        ev = COCOeval(coco_gt, coco_gt.loadRes(dts), iou_type)
-        ev.params.catIds = [cat_id]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return list(ev.stats)
+    return pycocotools_stats(gt, dets, iou_type, tmp_path, cat_ids=[cat_id])
 
 
 @pytest.mark.parametrize("seed,iou_type", [(0, "bbox"), (4, "bbox"), (5, "segm")])

@@ -30,8 +30,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
+
+from bbrctl.detection.assembled import AssembledDetector
 
 DELTA_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # 1 / stds (0.1, 0.1, 0.2, 0.2)
 
@@ -82,7 +83,7 @@ class DenseHead(nn.Module):
                 "quality": torch.cat(qual, 1).squeeze(-1)}
 
 
-class DenseDetector(nn.Module):
+class DenseDetector(AssembledDetector):
     """Transform + backbone + anchors + :class:`DenseHead`; the loss is the subclass's.
 
     ``forward(images, targets)`` returns the loss dict in training and torchvision-style
@@ -93,29 +94,18 @@ class DenseDetector(nn.Module):
     def __init__(self, backbone: nn.Module, anchor_generator, head: DenseHead, *, min_size: int, max_size: int,
                  score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100,
                  topk_candidates: int = 1000):
-        super().__init__()
+        super().__init__(min_size=min_size, max_size=max_size)
         self.backbone = backbone
         self.anchor_generator = anchor_generator
         self.head = head
-        self.transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         self.box_coder = det_utils.BoxCoder(weights=DELTA_WEIGHTS)
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.topk_candidates = topk_candidates
-        self.bbr = None            # a heads.BoxRegressionLoss, or None for the stock loss
-        self.stock_weight = 1.0
-
-    # The loss hook (bbrctl.detection.heads.install_bbr_loss calls this).
-    def install_bbr_loss(self, bbr, weight: float) -> None:
-        self.bbr = bbr
-        self.stock_weight = float(weight)
 
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None):
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode")
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        images, targets = self.transform(images, targets)
+        original_sizes, images, targets = self._transform_input(images, targets)
         features = list(self.backbone(images.tensors).values())
         head = self.head(features)
         anchors = self.anchor_generator(images, features)[0]   # the same for every image of the batch

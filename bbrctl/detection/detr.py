@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
+
+from bbrctl.detection.assembled import AssembledDetector
 
 
 # --------------------------------------------------------------------------- transformer
@@ -201,7 +202,7 @@ class HungarianMatcher:
 # --------------------------------------------------------------------------- the detector
 
 
-class DETR(nn.Module):
+class DETR(AssembledDetector):
     """DETR with its stock set loss and the configured-loss swap (module docstring)."""
 
     def __init__(self, trunk: nn.Module, trunk_channels: int, num_classes: int, *, d_model: int = 256,
@@ -209,7 +210,7 @@ class DETR(nn.Module):
                  dropout: float = 0.1, num_queries: int = 100, aux_loss: bool = True, eos_coef: float = 0.1,
                  costs=(1.0, 5.0, 2.0), weights=(1.0, 5.0, 2.0), loss_in_matching: bool = False,
                  min_size: int = 800, max_size: int = 1333):
-        super().__init__()
+        super().__init__(min_size=min_size, max_size=max_size)
         self.num_classes = num_classes
         self.backbone = _Trunk(trunk)
         self.input_proj = nn.Conv2d(trunk_channels, d_model, 1)
@@ -217,7 +218,6 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(num_queries, d_model)
         self.class_embed = nn.Linear(d_model, num_classes + 1)
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
-        self.transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         self.matcher = HungarianMatcher(*costs)
         self.aux_loss = aux_loss
         self.w_ce, self.w_bbox, self.w_giou = weights
@@ -225,18 +225,9 @@ class DETR(nn.Module):
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef
         self.register_buffer("class_weight", class_weight, persistent=False)
-        self.bbr = None
-        self.stock_weight = 1.0
-
-    def install_bbr_loss(self, bbr, weight: float) -> None:
-        self.bbr = bbr
-        self.stock_weight = float(weight)
 
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None):
-        if self.training and targets is None:
-            raise ValueError("targets are needed in training mode")
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        images, targets = self.transform(images, targets)
+        original_sizes, images, targets = self._transform_input(images, targets)
         x = images.tensors
         pad = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.bool, device=x.device)
         for i, (h, w) in enumerate(images.image_sizes):

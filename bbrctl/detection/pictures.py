@@ -10,7 +10,6 @@ an image, its ground-truth boxes (dashed white on black) and a run's detections 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -45,10 +44,9 @@ def draw_grid(rows: Sequence[Sequence[Panel | None]], class_names: Mapping[int, 
               score_threshold: float = DEFAULT_SCORE_THRESHOLD, max_boxes: int = 30,
               panel_inches: float = 2.6, dpi: int = 120) -> bytes:
     """PNG bytes of a grid of panels (``rows[r][c]``; None leaves a cell empty)."""
-    import matplotlib
+    from bbrctl.plotting import png_bytes, pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     n_rows = len(rows)
@@ -97,9 +95,7 @@ def draw_grid(rows: Sequence[Sequence[Panel | None]], class_names: Mapping[int, 
                 if c == 0 and row_titles and r < len(row_titles):
                     ax.set_ylabel(row_titles[r], fontsize=7)
         fig.suptitle(f"dashed: ground truth; solid: detections with score \u2265 {score_threshold:g}", fontsize=7)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)
 

@@ -202,10 +202,9 @@ def figure_markdown(fr: FigureResult, precision: int = 1) -> str:
 
 def plot_figure(fr: FigureResult) -> bytes:
     """The figure as PNG bytes (matplotlib, Agg backend, imported here only)."""
-    import matplotlib
+    from bbrctl.plotting import png_bytes, pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     d = fr.definition
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
@@ -238,8 +237,6 @@ def plot_figure(fr: FigureResult) -> bytes:
         if drawn:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)

@@ -19,23 +19,17 @@ LABELS = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU", "ciou": "CIoU", "eiou": 
 
 
 def _plt():
-    import matplotlib
+    from bbrctl.plotting import pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path: Path) -> None:
-    """Render to memory, then write atomically."""
-    import io
-
+    """Render to memory (the figure is closed), then write atomically."""
+    from bbrctl.plotting import png_bytes
     from bbrctl.store import atomic_write_bytes
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(fig, dpi=120, bbox_inches="tight"))
 
 
 def label(name: str) -> str:
@@ -100,20 +94,18 @@ def draw_iou_panel(ax, quantiles: dict[str, dict[int, dict]], iterations: list[i
 
 def figure_7_8(curves, quantiles, title: str, max_boxes: int = 5) -> bytes:
     """Both panels side by side, as PNG bytes (``bbrctl report --figure 7|8``)."""
-    import io
+    from bbrctl.plotting import png_bytes
 
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(11, 4), dpi=110)
     try:
         draw_error_panel(ax1, curves)
         draw_iou_panel(ax2, quantiles, max_boxes=max_boxes)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    except BaseException:
+        _plt().close(fig)
+        raise
+    return png_bytes(fig)
 
 
 def _trace_curves(traces) -> dict:
