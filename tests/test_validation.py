@@ -52,6 +52,12 @@ BAD = [
     (["backbone.block=dense"], "backbone.block='dense' is not valid: must be one of basic, bottleneck"),
     (["backbone.name=../x"], "backbone.name='../x' is not valid: must be a name"),
     (["backbone.fpn_channels=0"], "backbone.fpn_channels=0 is not valid"),
+    (["backbone=resnext101_64x4d_dcn", "backbone.dcn_stages=[c9]"],
+     "backbone.dcn_stages=['c9'] is not valid: must be null or a list of 4 true/false values"),
+    (["backbone.dcn_stages=[true,true,true,true]"],
+     "config key 'backbone.dcn_stages' is valid but not in the chosen backbone file: add it with +backbone.dcn_stages"),
+    (["~backbone.dcn_stages"], "is valid but not in the chosen backbone file: there is nothing to delete"),
+    (["model=detr", "model.nhead=7"], "model.d_model=128 must be divisible by model.nhead=7"),
     # data
     (["data.image_size=-1"], "data.image_size=-1 is not valid: must be an integer in [32, 2048]"),
     (["data.num_train=0"], "data.num_train=0 is not valid"),

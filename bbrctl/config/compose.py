@@ -161,6 +161,9 @@ def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "se
         option = _chosen_option(group, overrides)
         keys = schema.group_keys(group, option)
         which = f"{group} ({option})" if option and group in ("model", "launcher") else group
+        if rest in keys:  # an optional key the chosen group file leaves out
+            fix = f"add it with +{key}=<value>" if verb == "set" else "there is nothing to delete"
+            return f"config key {key!r} is valid but not in the chosen {group} file: {fix}"
         return f"unknown config key {key!r}; valid {which} keys: {', '.join(keys)}"
     top = sorted(set(schema.TOP) | set(schema.GROUPS))
     return f"unknown config key {key!r}; valid top-level keys: {', '.join(top)}"

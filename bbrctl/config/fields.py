@@ -217,6 +217,8 @@ class ListOf(Field):
 
 
 def _plural(text: str) -> str:
+    if text == Bool().describe():
+        return "true/false values"
     head, sep, tail = text.partition(" ")
     return (head + "s" if not head.endswith("s") else head) + sep + tail
 

@@ -370,7 +370,7 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
     if name == "detr":          # no pyramid, no anchors: a trunk and a transformer
         d, heads = m.get("d_model", 256), m.get("nhead", 8)
-        _need(d % heads == 0 and d % 2 == 0, f"model.d_model={d} must be even and divisible by model.nhead={heads}")
+        _need(d % heads == 0 and d % 2 == 0, f"model.d_model={d} must be divisible by model.nhead={heads} (and even, for the sine positional encoding)")
         _need(any(m.get(k, 1.0) for k in ("cost_class", "cost_bbox", "cost_giou")),
               "model.cost_class, cost_bbox and cost_giou are all 0: the matcher would have nothing to match on")
         return
