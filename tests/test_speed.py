@@ -122,10 +122,16 @@ def test_cpu_amp_setting(monkeypatch):
         speed.cpu_autocast_dtype("fp8")
 
 
-@pytest.mark.parametrize("model", ["retinanet", "fcos", "faster_rcnn"])
+SMALL = {"faster_rcnn": ["model.box_head_dim=32", "model.box_batch_size_per_image=32",
+                         "model.rpn_batch_size_per_image=32"],
+         "detr": ["model.d_model=32", "model.nhead=2", "model.enc_layers=1", "model.dec_layers=1",
+                  "model.dim_feedforward=32", "model.num_queries=5"]}
+
+
+# Every detector the engine can train: the main job's CPU settings (bf16 on AMX) apply to each.
+@pytest.mark.parametrize("model", ["retinanet", "fcos", "faster_rcnn", "atss", "paa", "detr"])
 def test_bf16_autocast_keeps_losses_and_detections_in_float32(model):
-    extra = ["model.box_head_dim=32", "model.box_batch_size_per_image=32", "model.rpn_batch_size_per_image=32"] \
-        if model == "faster_rcnn" else ["model.head_convs=1"]
+    extra = SMALL.get(model, ["model.head_convs=1"])
     c = cfg(f"model={model}", "model.min_size=64", "model.max_size=64", *extra)
     m = speed.fp32_outputs(speed.use_channels_last(build(c, install_loss=False)))
     from bbrctl.detection.heads import install_bbr_loss

@@ -10,6 +10,9 @@ The loss hook: ``bbrctl.detection.heads.install_bbr_loss`` calls
 ``install_bbr_loss(bbr, weight)``; ``bbr`` is a ``heads.BoxRegressionLoss`` that replaces
 the detector's stock regression term, or None to keep the stock term, scaled by
 ``weight`` (``stock_weight``).
+
+``prediction_heads()`` lists the modules whose outputs the losses read (see
+``bbrctl.detection.speed.fp32_outputs``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ class AssembledDetector(nn.Module):
     def install_bbr_loss(self, bbr, weight: float) -> None:
         self.bbr = bbr
         self.stock_weight = float(weight)
+
+    def prediction_heads(self) -> list[nn.Module]:
+        """The modules whose outputs the losses and post-processing read: under CPU bf16
+        autocast they are made to return float32 (``bbrctl.detection.speed.fp32_outputs``)."""
+        raise NotImplementedError
 
     def _transform_input(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]]):
         """(original sizes, batched images, transformed targets)."""

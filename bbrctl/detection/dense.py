@@ -104,6 +104,9 @@ class DenseDetector(AssembledDetector):
         self.detections_per_img = detections_per_img
         self.topk_candidates = topk_candidates
 
+    def prediction_heads(self) -> list[nn.Module]:
+        return [self.head]
+
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None):
         original_sizes, images, targets = self._transform_input(images, targets)
         features = list(self.backbone(images.tensors).values())

@@ -226,6 +226,9 @@ class DETR(AssembledDetector):
         class_weight[-1] = eos_coef
         self.register_buffer("class_weight", class_weight, persistent=False)
 
+    def prediction_heads(self) -> list[nn.Module]:
+        return [self.class_embed, self.bbox_embed]
+
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None):
         original_sizes, images, targets = self._transform_input(images, targets)
         x = images.tensors

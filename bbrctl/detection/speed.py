@@ -90,10 +90,17 @@ def _float_hook(module, inputs, output):
 
 
 def fp32_outputs(model: nn.Module) -> nn.Module:
-    """Make the prediction heads of a torchvision detector return float32 tensors."""
+    """Make the prediction heads of a detector return float32 tensors.
+
+    torchvision's RetinaNet, FCOS, Faster and Mask R-CNN by their known heads; bbrctl's own
+    detectors (ATSS, PAA, DETR) name theirs through ``prediction_heads()``.
+    """
     from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
-    if isinstance(model, (RetinaNet, FCOS)):
+    own = getattr(model, "prediction_heads", None)
+    if own is not None:
+        heads = list(own())
+    elif isinstance(model, (RetinaNet, FCOS)):
         heads = [model.head]
     elif isinstance(model, FasterRCNN):
         heads = [model.rpn.head, model.roi_heads.box_predictor]
