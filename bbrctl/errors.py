@@ -1,4 +1,4 @@
-"""Errors the CLI turns into one-line messages and exit codes."""
+"""Errors the CLI turns into one-line messages and exit codes; the trainer's requeue exit code."""
 
 from __future__ import annotations
 
@@ -26,3 +26,8 @@ class StorageError(Exception):
 
 # OS errors that mean "this place cannot be written", whoever raised them.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+# A trainer that checkpointed on a stop signal (USR1/TERM) exits with this (EX_TEMPFAIL): the
+# local supervisor and the SLURM script read it as "requeue me", not as a failure.
+REQUEUE_EXIT = 75

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from bbrctl import store
 from bbrctl.errors import UserError
+from bbrctl.redact import redact, redact_overrides
 from bbrctl.store import RunDir
 
 SPLITS = ("val", "train")
@@ -45,23 +46,6 @@ SPLITS = ("val", "train")
 EVAL_KEYS = ("model.score_thresh", "model.nms_thresh", "model.detections_per_img", "schedule.eval_batch_size")
 # A name is a file name in evals/.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,119}"
-
-
-def read_run_config(run_dir: Path) -> dict:
-    import yaml
-
-    rd = RunDir(run_dir)
-    if not rd.path.is_dir():
-        raise UserError(f"run directory {str(run_dir)!r} does not exist")
-    if not rd.config.is_file():
-        raise UserError(f"{str(rd.config)!r} does not exist: {str(run_dir)!r} is not a run directory")
-    try:
-        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{str(rd.config)!r} is not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{str(rd.config)!r} does not hold a config mapping")
-    return cfg
 
 
 def eval_config(run_cfg: Mapping[str, Any], overrides: Sequence[str] = (),
@@ -176,7 +160,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | 
         raise UserError(f"--split {split!r} is not valid; valid: {', '.join(SPLITS)}")
     if name is not None and not re.fullmatch(_NAME, name):
         raise UserError(f"--name {name!r} is not valid: 1-120 letters, digits and . _ = + - (no /)")
-    run_cfg = read_run_config(run_dir)
+    run_cfg = store.read_config(run_dir)
     cfg = eval_config(run_cfg, overrides, config_dirs)
     check_same_model_classes(run_cfg["data"], cfg["data"])
     preflight.check_files(cfg)
@@ -222,7 +206,7 @@ def _evaluate(run_dir: Path, cfg: dict, state: dict, meta: dict, ckpt_path: Path
             metrics = evaluator.compute()
             record = {"split": split, "metrics": metrics, "checkpoint": str(ckpt_path.resolve()),
                       "checkpoint_iteration": meta.get("iteration"), "checkpoint_signature": meta.get("signature"),
-                      "signature": signature, "data": cfg["data"], "overrides": overrides,
+                      "signature": signature, "data": redact(cfg["data"]), "overrides": redact_overrides(overrides),
                       "images": len(evaluator.image_ids), "detections": len(evaluator.results),
                       "world_size": dist.world_size, "device": str(dist.device), "wall_time_s": time.time() - t0,
                       "created": time.time(), "torch": torch.__version__}

@@ -30,12 +30,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from bbrctl import store
 from bbrctl.config import legacy_signature, signature, validate
-from bbrctl.errors import StorageError, UserError
+from bbrctl.errors import REQUEUE_EXIT, StorageError, UserError
 from bbrctl.redact import redact_text
 from bbrctl.store import RunDir, locks
 from bbrctl.store.names import ensure_inside, sanitize
 
-REQUEUE_EXIT = 75
 
 
 class TrainingFailed(Exception):

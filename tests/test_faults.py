@@ -80,6 +80,8 @@ def test_traversal_values_in_name_forming_keys_are_refused(ovs, tmp_path):
         one_line_error(out, 2, "is not")
     out = run_cli(["sweep", "seed=0,1", "--name", "../x", "--runs-root", str(tmp_path / "runs")], tmp_path)
     one_line_error(out, 2, "invalid sweep name")
+    out = run_cli(["sweep", "seed=0,1", "--name", "ok\n", "--runs-root", str(tmp_path / "runs")], tmp_path)
+    one_line_error(out, 2, "invalid sweep name")
     assert list(tmp_path.iterdir()) == [] and not Path("/tmp/x").exists()
 
 

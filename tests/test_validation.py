@@ -89,6 +89,8 @@ BAD = [
     (["launcher=slurm", "launcher.time=forever"], "launcher.time='forever' is not valid"),
     (["launcher=slurm", "launcher.partition='a b'"], "launcher.partition='a b' is not valid"),
     (["launcher=slurm", "launcher.extra_sbatch=['--x=1;rm']"], "launcher.extra_sbatch=['--x=1;rm'] is not valid"),
+    # a newline would end the #SBATCH line and start a command in the batch script
+    (["launcher=slurm", "launcher.extra_sbatch=['--x\n/tmp/pwned']"], "launcher.extra_sbatch="),
     (["launcher=slurm", "launcher.gpus_per_job=3"], "schedule.batch_size=8 is not divisible by the 3 processes"),
     (["+launcher.bogus=1"], "unknown config key 'launcher.bogus'; valid launcher ("),
     (["launcher=slurm", "launcher.nodes=0"], "launcher.nodes=0 is not valid: must be an integer in [1, 1024]"),

@@ -45,7 +45,6 @@ OPTIMIZERS = ("sgd", "adamw")
 
 _PATH = Str(what="a path")
 _POS_INT = Int(lo=1)
-_NONNEG_INT = Int(lo=0)
 _PROB = Float(lo=0.0, hi=1.0)
 
 # --------------------------------------------------------------------------- groups
@@ -235,7 +234,8 @@ SCHEDULE: Keys = {
 DIRECTIVE = r"[A-Za-z0-9_.,:@+%/=\[\]-]+"
 SLURM_TIME = r"\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE"
 SLURM_MEM = r"(?i)\d+[KMGT]?B?"
-SBATCH_OPTION = r"(#SBATCH\s+)?--?[A-Za-z][A-Za-z0-9-]*(=[^\s'\"`$\\;|&<>]+|\s+[^\s'\"`$\\;|&<>]+)?"
+# The separators are [ \t]+, not \s+: a newline would end the #SBATCH line and start a command.
+SBATCH_OPTION = r"(#SBATCH[ \t]+)?--?[A-Za-z][A-Za-z0-9-]*(=[^\s'\"`$\\;|&<>]+|[ \t]+[^\s'\"`$\\;|&<>]+)?"
 _directive = Str(pattern=DIRECTIVE, what="a #SBATCH value (letters, digits and _ . , : @ + % / = [ ] - only)")
 LAUNCHER: dict[str, Keys] = {
     "local": {

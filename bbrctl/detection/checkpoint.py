@@ -84,7 +84,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     def write(f) -> None:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        os.fsync(f.fileno())  # before the rotation below, not only after this callback
         # Rotate just before the new file takes the name: at every instant one whole
         # checkpoint carries a resumable name.
         if path.exists():

@@ -50,7 +50,6 @@ from typing import Any, Iterator, Mapping, Sequence
 from bbrctl.errors import UserError
 
 SPLITS = ("train", "val")
-from bbrctl.config.schema import SYNTHETIC_DATA as SYNTHETIC  # noqa: E402 - generated data sets
 # COCO's area ranges (px^2 of object area), for dataset summaries.
 AREA_RANGES = {"small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, float("inf"))}
 

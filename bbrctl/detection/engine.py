@@ -46,7 +46,6 @@ import torch
 from bbrctl import store
 from bbrctl.detection import checkpoint as ckpt
 
-REQUEUE_EXIT = 75
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 STATUS_PERIOD_S = 5.0
 

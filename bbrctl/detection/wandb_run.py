@@ -101,7 +101,7 @@ def swept_values(job: Mapping[str, Any] | None, run_dir: Path) -> list[str]:
     job = job or {}
     if not job.get("sweep"):
         return []
-    manifest = store.read_json(run_dir.parent / "sweep.json") or {}
+    manifest = store.read_json(store.SweepDir(run_dir.parent).manifest) or {}
     keys = set(manifest.get("swept_keys") or [])
     out = []
     for o in job.get("overrides") or []:
@@ -353,13 +353,13 @@ class WandbSink:
 
     def _note(self, msg: str) -> None:
         from bbrctl import store
+        from bbrctl.errors import StorageError
         from bbrctl.redact import redact_text
 
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(msg)}"
         try:
-            with open(self.run_dir / store.LOG, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        except OSError:
+            store.append_lines(self.run_dir / store.LOG, line + "\n")
+        except (OSError, StorageError):  # a note must not end the run
             pass
         print(line, file=sys.stderr, flush=True)
 

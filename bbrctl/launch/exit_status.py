@@ -1,7 +1,7 @@
 """The exit status of ``bbrctl train`` under torchrun, from what its run directory says.
 
 torchrun reports any worker's non-zero exit as 1, so the checkpoint-and-stop exit (75,
-bbrctl.train.REQUEUE_EXIT) of its workers does not reach the batch script. The script
+bbrctl.errors.REQUEUE_EXIT) of its workers does not reach the batch script. The script
 calls, after a non-zero exit::
 
     python -m bbrctl.launch.exit_status RUN_DIR STARTED RC
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-REQUEUE_EXIT = 75
+from bbrctl.errors import REQUEUE_EXIT
 
 
 def exit_status(run_dir: str, started: float, rc: int) -> int:

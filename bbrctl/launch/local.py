@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bbrctl.errors import UserError
+from bbrctl.errors import REQUEUE_EXIT, UserError
 from bbrctl.store import RunDir, atomic_write_json, locks, read_job, read_json, read_status, write_results
 
-EXIT_REQUEUE = 75
 RUN_LOCK = ".launch.lock"        # held by the supervisor while a job of it runs
 _GRACE_S = 120.0                 # after SIGTERM, how long jobs get to checkpoint
 
@@ -211,7 +210,7 @@ class Supervisor:
     def _finish(self, r: _Running, rc: int) -> None:
         self.running.remove(r)
         locks.release(r.lock_fd)
-        if rc not in (0, EXIT_REQUEUE) and self.cfg.gpus_per_job > 1:
+        if rc not in (0, REQUEUE_EXIT) and self.cfg.gpus_per_job > 1:
             # torchrun reports its workers' checkpoint-and-stop (75) as 1: the run directory says.
             from bbrctl.launch.exit_status import exit_status
 
@@ -220,7 +219,7 @@ class Supervisor:
         took = time.time() - r.started
         if rc == 0:
             self.log(f"done {r.run_dir.name} in {took:.0f}s")
-        elif rc == EXIT_REQUEUE:
+        elif rc == REQUEUE_EXIT:
             self.log(f"stopped {r.run_dir.name} after {took:.0f}s (checkpointed; re-run the sweep to resume)")
         else:
             self.log(f"FAILED {r.run_dir.name} (exit {rc}); see {RunDir(r.run_dir).stdout_log}")
@@ -285,9 +284,9 @@ def _main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, sup.request_stop)
     log(f"supervising {len(sup.queue)} job(s), {cfg.max_parallel} at a time")
     codes = sup.run()
-    failed = sum(1 for c in codes.values() if c not in (0, None, EXIT_REQUEUE))
+    failed = sum(1 for c in codes.values() if c not in (0, None, REQUEUE_EXIT))
     log(f"finished: {sum(1 for c in codes.values() if c == 0)} done, {failed} failed, "
-        f"{sum(1 for c in codes.values() if c == EXIT_REQUEUE)} stopped")
+        f"{sum(1 for c in codes.values() if c == REQUEUE_EXIT)} stopped")
     return 1 if failed else 0
 
 

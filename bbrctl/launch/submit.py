@@ -29,7 +29,7 @@ from bbrctl.launch import local, slurm
 from bbrctl.launch.decide import JobDecision, decide
 from bbrctl.launch.follow import follow
 from bbrctl.status import ProgressView, counts, sweep_jobs
-from bbrctl.store import RunDir, SweepDir, atomic_write_text, locks, prepare_run_dir
+from bbrctl.store import RunDir, SweepDir, append_lines, atomic_write_text, locks, prepare_run_dir
 from bbrctl.store.atomic import made_dirs
 from bbrctl.store.manifest import load_manifest, next_launch_id, save_manifest
 from bbrctl.store.procs import proc_start_time
@@ -175,8 +175,7 @@ def _run_foreground(plan: SweepPlan, entry: dict, cfg, sigs: list[str], progress
     log_path = SweepDir(plan.sweep_dir).log
 
     def log(msg: str) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}\n")
+        append_lines(log_path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}\n")
 
     sup = local.Supervisor(entry["run_dirs"], cfg, log)
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

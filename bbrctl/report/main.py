@@ -131,9 +131,7 @@ def report_table(key: str, *, runs: str | os.PathLike = "runs", sweep: str | Non
     outcome = Outcome("table", defn.name, fmt, text, tr, files)
     if wandb:
         from bbrctl.report.render import to_csv, to_markdown
-        from bbrctl.report.wandb_table import log_report
-
-        from bbrctl.report.wandb_table import with_trace
+        from bbrctl.report.wandb_table import log_report, with_trace
 
         dirs = [d for r in tr.rows for d in r.runs]
         header, rows = with_trace(*_csv_rows(to_csv(tr)), [r.runs for r in tr.rows], _runs_by_dir(col))
@@ -210,9 +208,7 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
     atomic_write_bytes(png, image)
     outcome = Outcome("figure", defn.name, fmt, text, fr, [png, data])
     if wandb:
-        from bbrctl.report.wandb_table import log_report
-
-        from bbrctl.report.wandb_table import with_trace
+        from bbrctl.report.wandb_table import log_report, with_trace
 
         dirs = [d for p in fr.points for d in p.runs]
         points = fr.points + ([fr.reference] if fr.reference else [])  # figure_csv's row order

@@ -122,7 +122,6 @@ def error_curves(traces, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     draw_error_panel(ax, _trace_curves(traces), title)
     _save(fig, path)
-    plt.close(fig)
 
 
 def iou_boxplots(traces, iterations: list[int], path: Path, title: str) -> None:
@@ -131,7 +130,6 @@ def iou_boxplots(traces, iterations: list[int], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     draw_iou_panel(ax, _trace_quantiles(traces), iterations, max_boxes=len(iterations), title=title)
     _save(fig, path)
-    plt.close(fig)
 
 
 def figure1(cfg, traj, path: Path) -> None:
@@ -172,7 +170,6 @@ def figure1(cfg, traj, path: Path) -> None:
     bx.set_title(f"boxes at t = 0, {k // 2}, {k}, {cfg.iterations} (darker = later)")
     bx.grid(alpha=0.3)
     _save(fig, path)
-    plt.close(fig)
 
 
 def figure4(curves, path: Path) -> None:
@@ -195,7 +192,6 @@ def figure4(curves, path: Path) -> None:
     ax.set_ylabel("loss")
     gx.set_ylabel("gradient magnitude")
     _save(fig, path)
-    plt.close(fig)
 
 
 def figure5(curves, path: Path) -> None:
@@ -213,4 +209,3 @@ def figure5(curves, path: Path) -> None:
         a.grid(alpha=0.3)
     bx.legend(fontsize=8)
     _save(fig, path)
-    plt.close(fig)

@@ -26,7 +26,7 @@ def sanitize(text: str, max_len: int = READABLE_MAX) -> str:
 
 
 def check_sweep_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_OK.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME_OK.fullmatch(name) or name in (".", ".."):
         raise UserError(f"invalid sweep name {name!r}: use 1-100 letters, digits and . _ = - "
                         "(starting with a letter or digit)")
     return name
