@@ -89,6 +89,10 @@ BAD = [
     (["launcher=slurm", "launcher.time=forever"], "launcher.time='forever' is not valid"),
     (["launcher=slurm", "launcher.partition='a b'"], "launcher.partition='a b' is not valid"),
     (["launcher=slurm", "launcher.extra_sbatch=['--x=1;rm']"], "launcher.extra_sbatch=['--x=1;rm'] is not valid"),
+    # a value bbrctl.redact would replace in config.yaml cannot be what a job trains with
+    (["data=coco", "data.root=/data/ghp_abcdefghijklmnopqrstuvwxyz0123456789/coco"],
+     "data.root looks like a secret (a token, password or key)"),
+    (["wandb.entity=sk-abcdefghijklmnopqrstuvwxyz12345"], "wandb.entity looks like a secret"),
     # a newline would end the #SBATCH line and start a command in the batch script
     (["launcher=slurm", "launcher.extra_sbatch=['--x\n/tmp/pwned']"], "launcher.extra_sbatch="),
     (["launcher=slurm", "launcher.gpus_per_job=3"], "schedule.batch_size=8 is not divisible by the 3 processes"),

@@ -332,6 +332,33 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _check_model(cfg)
     _check_schedule(cfg["schedule"])
     _check_launcher(cfg)
+    _check_nothing_looks_secret(cfg)
+
+
+def _check_nothing_looks_secret(cfg: Mapping[str, Any]) -> None:
+    """Refuse a value outside ``launcher`` that bbrctl.redact would replace.
+
+    Run directories hold the config redacted and training reads it back from there, so
+    such a value would silently train as '<redacted>'. launcher.setup lines may hold
+    secrets: only the submitted batch script runs them, never the trainer.
+    """
+    from bbrctl.redact import redact
+
+    def first_change(a: Any, b: Any, path: str) -> str | None:
+        if isinstance(a, dict):
+            return next((c for k in a if (c := first_change(a[k], b[k], f"{path}.{k}")) is not None), None)
+        if isinstance(a, list):
+            return next((c for i, (x, y) in enumerate(zip(a, b)) if (c := first_change(x, y, f"{path}[{i}]"))
+                         is not None), None)
+        return None if a == b else path
+
+    for key, value in cfg.items():
+        if key == "launcher":
+            continue
+        where = first_change(value, redact({key: value})[key], key)
+        if where is not None:
+            raise UserError(f"{where} looks like a secret (a token, password or key); run directories keep configs "
+                            "with such values redacted, so a job cannot use it: keep secrets in the environment")
 
 
 def _check_loss(cfg: Mapping[str, Any]) -> None:
