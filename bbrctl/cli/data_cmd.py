@@ -40,13 +40,14 @@ def synth_command(
     Deterministic from data.synth_seed and cached under data.root, one directory per
     parameter set; a complete copy is reused. Example: bbrctl data synth data=shapes_tiny
     """
+    from bbrctl.config.schema import SYNTHETIC_DATA
     from bbrctl.detection import data as D
     from bbrctl.detection import synth
 
     data_cfg = _data_cfg(overrides, config_dir)
     if not D.is_synthetic(data_cfg):
         raise UserError(f"data={data_cfg.get('name')} is not synthetic; `bbrctl data synth` generates "
-                        f"data={' or data='.join(D.SYNTHETIC)} (use `bbrctl data check` for COCO-format data)")
+                        f"data={' or data='.join(SYNTHETIC_DATA)} (use `bbrctl data check` for COCO-format data)")
     spec = synth.ShapesSpec.from_cfg(data_cfg)
     where = D.synthetic_dir(data_cfg)
     t0 = time.perf_counter()
