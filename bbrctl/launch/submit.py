@@ -29,7 +29,7 @@ from bbrctl.launch import local, slurm
 from bbrctl.launch.decide import JobDecision, decide
 from bbrctl.launch.follow import follow
 from bbrctl.status import ProgressView, counts, sweep_jobs
-from bbrctl.store import RunDir, SweepDir, append_lines, atomic_write_text, locks, prepare_run_dir
+from bbrctl.store import PRIVATE, RunDir, SweepDir, append_lines, atomic_write_text, locks, prepare_run_dir
 from bbrctl.store.atomic import made_dirs
 from bbrctl.store.manifest import load_manifest, next_launch_id, save_manifest
 from bbrctl.store.procs import proc_start_time
@@ -246,8 +246,8 @@ def _launch_slurm(plan: SweepPlan, manifest: dict, todo: list[JobDecision], sett
     log_dir = SweepDir(plan.sweep_dir).slurm_logs
     log_dir.mkdir(parents=True, exist_ok=True)
     slurm.write_tasks(sub.tasks_file, sub.run_dirs)
-    atomic_write_text(sub.script, sub.text)
-    os.chmod(sub.script, 0o755)
+    # The batch script holds launcher.setup (module loads, maybe a token): its owner's alone.
+    atomic_write_text(sub.script, sub.text, mode=PRIVATE)
     array_id = slurm.submit(sub.argv, cwd=Path.cwd())
     entry = {"id": sub.launch_id, "time": time.time(), "launcher": "slurm", "jobs": [d.signature for d in todo],
              "array_job_id": array_id, "tasks": {d.signature: i for i, d in enumerate(todo)},

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
-from bbrctl.store import atomic_write_json, atomic_write_text, read_json
+from bbrctl.store import atomic_write_json, atomic_write_text, default_mode, read_json
 
 SUMMARY = "summary.json"
 ERROR_CSV = "error_curves.csv"
@@ -92,7 +92,7 @@ def staged(run_dir: Path, *, force: bool) -> Iterator[Path]:
             raise StorageError.of(run_dir, e) from None
         raise
     try:
-        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it 0700; a run dir is for everyone to read
+        os.chmod(tmp, default_mode(0o777))   # mkdtemp makes it 0700; a run dir is for everyone to read
         (tmp / MARKER).write_text("written by bbrctl simulate; --force may replace this directory\n")
         yield tmp
         if run_dir.exists():
@@ -116,12 +116,6 @@ def staged(run_dir: Path, *, force: bool) -> Iterator[Path]:
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             raise StorageError.of(run_dir, e) from None
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _csv_text(header: list[str], rows) -> str:

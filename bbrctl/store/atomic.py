@@ -5,6 +5,12 @@ Every file a run or sweep directory holds is written through :func:`atomic_write
 new one, never half of one, whatever kills the writer. ``metrics.jsonl`` is the one
 append-only file: :func:`append_jsonl` writes each record as a single ``write()`` of one
 line, so concurrent readers see whole lines.
+
+File modes: a written file gets the mode a plain ``open(path, "w")`` would give it
+(0666 less the process umask), so a lab that shares a runs root with ``umask 002`` or
+``022`` gets files its members can read; ``mkstemp``'s own 0600 would hide finished runs
+from everyone but their owner. A file that holds secrets (the SLURM batch script with the
+launcher's setup lines) passes ``mode=PRIVATE`` and is readable by its owner only.
 """
 
 from __future__ import annotations
@@ -19,11 +25,32 @@ from typing import Any, BinaryIO, Callable, Iterator
 from bbrctl.errors import STORAGE_ERRNOS, StorageError
 
 TMP_SUFFIX = ".tmp"
+PRIVATE = 0o600  # owner read/write only, whatever the umask
 
 
-def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (threads may be writing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(base: int = 0o666) -> int:
+    """``base`` less the umask: the mode open()/mkdir() would give a new file or directory."""
+    return base & ~current_umask()
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
+    ``mode``: the file's permission bits (default: 0666 less the umask, as open() gives).
     A failure (or Ctrl-C) inside ``write`` leaves the old file and no temp file behind. A
     place that cannot be written (disk full, read-only, no permission) raises
     StorageError naming ``path``.
@@ -37,6 +64,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             raise StorageError.of(path, e) from None
         raise
     try:
+        os.fchmod(fd, default_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -83,12 +111,12 @@ def made_dirs(path: str | os.PathLike, keep: tuple[str, ...] = ()) -> Iterator[P
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write_with(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    atomic_write_with(path, lambda f: f.write(data), mode=mode)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def dumps_json(obj: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 from bbrctl.store import schemas
-from bbrctl.store.atomic import atomic_write_json, atomic_write_text, made_dirs
+from bbrctl.store.atomic import atomic_write_json, atomic_write_text, default_mode, made_dirs
 from bbrctl.store.paths import RunDir
 from bbrctl.store.procs import proc_start_time
 
@@ -168,7 +168,7 @@ def _build_run_dir(rd: RunDir, signature: str, config_text: str, job: dict) -> N
             raise StorageError.of(rd.path, e) from None
         raise
     try:
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, default_mode(0o777))  # mkdtemp makes it 0700; the umask decides who reads a run
         atomic_write_text(RunDir(tmp).config, config_text)
         atomic_write_json(RunDir(tmp).job, job)
         try:
