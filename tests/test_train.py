@@ -245,3 +245,26 @@ def test_train_module_needs_no_torch_to_validate():
             "assert 'torch' not in sys.modules")
     env = {**os.environ, "BBRCTL_DATA_DIR": "/nonexistent"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_backbone_lr_factor_builds_two_param_groups(optimizer):
+    # Schema-valid with every optimizer: SGD's fused-kernel check once read param groups as tensors.
+    import torch
+
+    from bbrctl.detection.engine import build_optimizer
+
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Module()
+    model.backbone.body = torch.nn.Linear(2, 2)
+    model.head = torch.nn.Linear(2, 1)
+    sched = {"base_lr": 0.01, "batch_size": 4, "base_batch_size": 16, "optimizer": optimizer,
+             "backbone_lr_factor": 0.1}
+    opt = build_optimizer(model, sched)
+    scales = sorted(g["lr_scale"] for g in opt.param_groups)
+    assert scales == [0.1, 1.0]
+    trunk = next(g for g in opt.param_groups if g["lr_scale"] == 0.1)
+    assert {id(p) for p in trunk["params"]} == {id(p) for p in model.backbone.body.parameters()}
+    loss = model.head(model.backbone.body(torch.ones(1, 2))).sum()
+    loss.backward()
+    opt.step()

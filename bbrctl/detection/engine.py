@@ -188,7 +188,8 @@ def build_optimizer(model: torch.nn.Module, sched: Mapping[str, Any]) -> torch.o
         return torch.optim.AdamW(params, lr=scaled_lr(sched), weight_decay=float(sched.get("weight_decay", 1e-4)))
     kw = dict(lr=scaled_lr(sched), momentum=float(sched.get("momentum", 0.9)),
               weight_decay=float(sched.get("weight_decay", 1e-4)))
-    if params and all(p.device.type == "cpu" for p in params):
+    flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    if flat and all(p.device.type == "cpu" for p in flat):
         # One fused kernel instead of a few per parameter: half the optimizer's time on a
         # small CPU model, with the same updates bit for bit (torch >= 2.4 has it).
         try:
