@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from bbrctl import store
+from bbrctl import provenance, store
 from bbrctl.config import legacy_signature, signature, validate
 from bbrctl.errors import REQUEUE_EXIT, StorageError, UserError
 from bbrctl.redact import redact_text
@@ -206,6 +206,7 @@ def _write_results(run_dir: Path, status: str, sig: str, cfg: Mapping[str, Any],
         iteration = st.get("iteration", 0) if isinstance(st, dict) else 0
     if wall_time_s is None and started is not None:
         wall_time_s = time.time() - started
+    extra.setdefault("env", provenance.record(extra.get("device")))
     return store.write_results(run_dir, status, signature=sig, metrics=metrics, iteration=iteration,
                                max_iter=(cfg.get("schedule") or {}).get("max_iter"), wall_time_s=wall_time_s,
                                error=redact_text(error) if error is not None else None, **extra)

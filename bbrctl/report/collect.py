@@ -38,6 +38,7 @@ class Run:
     metrics: dict = field(default_factory=dict)   # metrics block of results.json ({"bbox": {...}})
     detail: str = ""                              # progress or error, for footnotes
     results_signature: str | None = None
+    env: dict | None = None                       # results.json's env (bbrctl.provenance.record)
 
     @property
     def config(self) -> dict:
@@ -107,6 +108,7 @@ def load_outcome(run: Run, metric: str = "bbox") -> Run:
             run.state, run.detail = "incomplete", "results.json could not be read"
             return run
         run.results_signature = res.get("signature")
+        run.env = res.get("env") if isinstance(res.get("env"), dict) else None
         status = res.get("status")
         if status == "failed":
             err = " ".join(str(res.get("error") or "no error message").split())

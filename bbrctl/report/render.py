@@ -281,7 +281,7 @@ def to_dict(tr: TableResult) -> dict:
             "delta": ({"metric": d.delta, "value": r.delta[0], "se": r.delta[1],
                        **({"interval": r.interval.as_dict()} if r.interval is not None else {"interval": None})}
                       if r.delta else None),
-            "seeds": r.seeds, "runs": r.runs,
+            "seeds": r.seeds, "runs": r.runs, "environments": r.envs,
             "notes": [t for texts in r.notes.values() for t in texts],
         })
     return {

@@ -67,6 +67,7 @@ class RowResult:
     seeds: list[Any] = field(default_factory=list)
     seed_values: dict[Any, float] | None = None  # the Δ metric by seed, when each finished seed is unique
     interval: Any = None                          # bbrctl.report.stats.Interval of the Δ
+    envs: list[dict] = field(default_factory=list)  # the distinct environments its finished runs recorded
 
     def note(self, cell: str, text: str) -> None:
         self.notes.setdefault(cell, []).append(text)
@@ -132,6 +133,9 @@ def _fill_from_group(res: RowResult, group: Group, defn: TableDef) -> None:
         res.states[r.state] = res.states.get(r.state, 0) + 1
     done = [r for r in runs if r.state == "done"]
     res.n_done = len(done)
+    for env in (r.env for r in done if r.env):
+        if env not in res.envs:
+            res.envs.append(env)
     for col in defn.columns:
         vals = [v for v in (metric_value(r, defn.metric, col) for r in done) if v is not None]
         res.stats[col] = Stat.of(vals)

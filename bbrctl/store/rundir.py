@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
+from bbrctl.provenance import software
 from bbrctl.store import schemas
 from bbrctl.store.atomic import atomic_write_json, atomic_write_text, default_mode, made_dirs
 from bbrctl.store.paths import RunDir
@@ -141,7 +142,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signatur
         atomic_write_json(rd.job, {**existing, "signature": signature, "previous_signatures": known})
         return rd.path
     job = {"signature": signature, "name": name, "sweep": sweep, "overrides": list(overrides or []),
-           "created": time.time(), "config": cfg_container}
+           "created": time.time(), "config": cfg_container, "env": software()}
     config_text = yaml.safe_dump(cfg_container, sort_keys=False)
     if rd.path.is_dir():
         # A directory without job.json (a hand-made one, or one an older bbrctl left

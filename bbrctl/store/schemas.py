@@ -76,6 +76,7 @@ def check_results(r: Any) -> dict:
     _opt(r, "wall_time_s", lambda v: _num(v) and v >= 0, "a number of seconds >= 0")
     _opt(r, "signature", lambda v: isinstance(v, str), "a string")
     _opt(r, "error", lambda v: isinstance(v, str), "a string")
+    _opt(r, "env", lambda v: isinstance(v, dict), "a mapping (bbrctl.provenance.record)")
     return r
 
 
@@ -99,6 +100,7 @@ def check_job(j: Any) -> dict:
     _opt(j, "config", lambda v: isinstance(v, dict), "a mapping (the resolved config)")
     _opt(j, "previous_signatures", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
          "a list of strings")
+    _opt(j, "env", lambda v: isinstance(v, dict), "a mapping (bbrctl.provenance.software)")
     return j
 
 
