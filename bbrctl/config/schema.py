@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from bbrctl.config.fields import (AnyOf, Bool, Choice, Const, Field, Float, Int, Invalid, Keys, ListOf, Mapping_,
                                   Nullable, Str, is_int, is_num, names, optional)
+from bbrctl import extras
 from bbrctl.errors import UserError
 
 INV_E = 1.0 / math.e
@@ -333,6 +334,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _check_schedule(cfg["schedule"])
     _check_launcher(cfg)
     _check_nothing_looks_secret(cfg)
+    extras.check_config(cfg)
 
 
 def _check_nothing_looks_secret(cfg: Mapping[str, Any]) -> None:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
 
+from bbrctl import extras
 from bbrctl.detection.assembled import AssembledDetector
 
 
@@ -170,7 +171,8 @@ class HungarianMatcher:
     @torch.no_grad()
     def __call__(self, logits: Tensor, boxes: Tensor, labels: Tensor, tboxes: Tensor, sizes: list[int],
                  box_cost=None) -> list[tuple[Tensor, Tensor, Tensor]]:
-        from scipy.optimize import linear_sum_assignment  # lazily: only DETR needs scipy
+        extras.require("scipy", "model=detr")  # lazily: only DETR needs scipy (bbrctl[detr])
+        from scipy.optimize import linear_sum_assignment
 
         n_layers, b, q = logits.shape[:3]
         dev = logits.device

@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from bbrctl import extras
+
 MODES = ("online", "offline", "disabled")
 STATE = "wandb_run.json"
 ARTIFACT_TYPE = "bbrctl-run"
@@ -209,7 +211,7 @@ class WandbSink:
         self.job = dict(job or {})
         if self.mode == "disabled":
             return
-        import wandb
+        wandb = extras.require("wandb")
 
         self.state = load_state(self.run_dir)
         # Steps up to here were logged by an earlier process of this run directory.
@@ -283,7 +285,7 @@ class WandbSink:
             return
         metrics = results.get("metrics") or {}
         self.summary({f"final/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
-        import wandb
+        wandb = extras.require("wandb")
 
         payload: dict[str, Any] = {}
         for iou_type, rows in (results.get("per_category") or {}).items():
@@ -330,7 +332,7 @@ class WandbSink:
             return im.convert("RGB")
 
     def _artifact(self, results: Mapping[str, Any]):
-        import wandb
+        wandb = extras.require("wandb")
 
         from bbrctl import store
 

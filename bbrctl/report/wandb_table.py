@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from bbrctl import extras
 from bbrctl.errors import UserError
 
 
@@ -87,10 +88,7 @@ def log_report(name: str, title: str, columns: Sequence[str], rows: Sequence[Seq
     Returns {"mode", "project", "group", "run_dir", "url", "run_id"}; raises UserError when
     W&B cannot start.
     """
-    try:
-        import wandb
-    except ImportError as e:  # pragma: no cover - wandb is a dependency
-        raise UserError(f"--wandb needs the wandb package: {e}") from None
+    wandb = extras.require("wandb", "report --wandb")
     cfg = dict(run_wandb or {})
     mode = resolve_mode(cfg)
     project = cfg.get("project") or "bbrctl"
