@@ -67,7 +67,7 @@ def software() -> dict[str, Any]:
             "packages": {name: v for name in PACKAGES if (v := _version(name)) is not None}}
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -84,7 +84,7 @@ def runtime(device: Any = None) -> dict[str, Any]:
 
     info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None,
                             "device": None if device is None else str(device), "gpus": [],
-                            "cpu": _cpu_model(), "threads": torch.get_num_threads()}
+                            "cpu": cpu_model(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         try:
             info["cudnn"] = torch.backends.cudnn.version()
