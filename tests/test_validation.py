@@ -27,6 +27,9 @@ BAD = [
     (["runs_root="], "runs_root='' is not valid: must be a path"),
     (["nosuchkey=1"], "unknown config key 'nosuchkey'; valid top-level keys"),
     (["+nosuchkey=1"], "unknown config key 'nosuchkey'; valid top-level keys"),
+    # a near miss says what was meant
+    (["+gama=1"], "unknown config key 'gama' (did you mean 'gamma'?); valid top-level keys"),
+    (["+schedule.base_lrr=1"], "unknown config key 'schedule.base_lrr' (did you mean 'schedule.base_lr'?)"),
     # loss
     (["loss=nope"], "unknown loss option 'nope'; valid loss options"),
     (["loss=focal_eiou", "loss.params.gamma=-1"], "focal_eiou.gamma=-1 is out of range"),
@@ -78,8 +81,10 @@ BAD = [
     (["schedule.steps=[700,100]"], "schedule.steps=[700, 100] is not valid: must be a list of increasing integers"),
     (["schedule.steps=[100,700]"], "schedule.steps=[100, 700] must be increasing iterations below schedule.max_iter=600"),
     (["schedule.base_lr=-1"], "schedule.base_lr=-1 is not valid: must be a number > 0"),
-    (["+schedule.max_iters=100"], "unknown config key 'schedule.max_iters'; valid schedule keys: amp"),
-    (["schedule.max_iters=100"], "unknown config key 'schedule.max_iters'; valid schedule keys: amp"),
+    (["+schedule.max_iters=100"], "unknown config key 'schedule.max_iters' (did you mean 'schedule.max_iter'?); "
+                                  "valid schedule keys: amp"),
+    (["schedule.max_iters=100"], "unknown config key 'schedule.max_iters' (did you mean 'schedule.max_iter'?); "
+                                 "valid schedule keys: amp"),
     (["schedule.amp=maybe"], "schedule.amp='maybe' is not valid: must be true or false"),
     (["schedule.momentum=1.5"], "schedule.momentum=1.5 is not valid"),
     (["~schedule"], "the config has no 'schedule' group"),

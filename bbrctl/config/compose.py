@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from bbrctl.config import schema
+from bbrctl.config.fields import did_you_mean
 from bbrctl.config.tree import group_options, package_config_dir, user_config_dirs
 from bbrctl.errors import UserError
 
@@ -164,9 +165,9 @@ def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "se
         if rest in keys:  # an optional key the chosen group file leaves out
             fix = f"add it with +{key}=<value>" if verb == "set" else "there is nothing to delete"
             return f"config key {key!r} is valid but not in the chosen {group} file: {fix}"
-        return f"unknown config key {key!r}; valid {which} keys: {', '.join(keys)}"
+        return f"unknown config key {key!r}{did_you_mean(rest, keys, group + '.')}; valid {which} keys: {', '.join(keys)}"
     top = sorted(set(schema.TOP) | set(schema.GROUPS))
-    return f"unknown config key {key!r}; valid top-level keys: {', '.join(top)}"
+    return f"unknown config key {key!r}{did_you_mean(key, top)}; valid top-level keys: {', '.join(top)}"
 
 
 def _chosen_option(group: str, overrides: Sequence[str]) -> str | None:

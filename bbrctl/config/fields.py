@@ -248,3 +248,11 @@ def optional(f: Field) -> Field:
 
 def names(keys: Keys) -> str:
     return ", ".join(sorted(keys))
+
+
+def did_you_mean(word: str, choices, prefix: str = "") -> str:
+    """' (did you mean 'prefix.x'?)' for the closest of ``choices`` to a mistyped ``word``, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""

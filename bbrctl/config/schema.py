@@ -26,7 +26,7 @@ import math
 from typing import Any, Mapping
 
 from bbrctl.config.fields import (AnyOf, Bool, Choice, Const, Field, Float, Int, Invalid, Keys, ListOf, Mapping_,
-                                  Nullable, Str, is_int, is_num, names, optional)
+                                  Nullable, Str, did_you_mean, is_int, is_num, names, optional)
 from bbrctl import extras
 from bbrctl.errors import UserError
 
@@ -283,7 +283,8 @@ def check_group(node: Any, keys: Keys, prefix: str, what: str | None = None) -> 
         raise UserError(f"{prefix} must be a group of keys ({what} keys: {names(keys)}), got {_show(node)}")
     for k in node:
         if k not in keys:
-            raise UserError(f"unknown config key '{prefix}.{k!s}'; valid {what} keys: {names(keys)}")
+            raise UserError(f"unknown config key '{prefix}.{k!s}'{did_you_mean(k, keys, prefix + '.')}; "
+                            f"valid {what} keys: {names(keys)}")
     for k, f in keys.items():
         if k not in node:
             if f.required:
@@ -310,7 +311,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     allowed = {**TOP, **{g: Field() for g in GROUPS}}
     for k in cfg:
         if k not in allowed:
-            raise UserError(f"unknown config key '{k!s}'; valid top-level keys: {names(allowed)}")
+            raise UserError(f"unknown config key '{k!s}'{did_you_mean(k, allowed)}; valid top-level keys: "
+                            f"{names(allowed)}")
     for g in GROUPS:
         if g not in cfg:
             from bbrctl.config.tree import group_options
