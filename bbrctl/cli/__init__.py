@@ -20,7 +20,35 @@ from bbrctl.cli import config_cmd, train_cmd, eval_cmd, sweep_cmd, status_cmd, r
 __all__ = ["app", "main"]
 
 
+# Hydra's command-line habits and what bbrctl uses instead (one line each, exit 2).
+HYDRA_FLAGS = {
+    "--cfg": "bbrctl has no --cfg: `bbrctl config OVERRIDES` prints the composed config (--unresolved keeps interpolations)",
+    "-c": "bbrctl has no -c/--cfg: `bbrctl config OVERRIDES` prints the composed config",
+    "-m": "bbrctl has no -m/--multirun: `bbrctl sweep a=1,2 b=x,y` runs every combination",
+    "--multirun": "bbrctl has no -m/--multirun: `bbrctl sweep a=1,2 b=x,y` runs every combination",
+    "--config-path": "bbrctl has no --config-path: add a config directory with --config-dir DIR",
+    "-cp": "bbrctl has no -cp/--config-path: add a config directory with --config-dir DIR",
+    "--config-name": "bbrctl has no --config-name: pick presets with +experiment=NAME and groups with group=option",
+    "-cn": "bbrctl has no -cn/--config-name: pick presets with +experiment=NAME and groups with group=option",
+}
+
+
+def hydra_habit(args: list[str]) -> str | None:
+    """The pointer for the first Hydra-only flag in ``args`` (before a ``--``), else None."""
+    for a in args:
+        if a == "--":
+            return None
+        flag = a.split("=", 1)[0]
+        if flag in HYDRA_FLAGS:
+            return HYDRA_FLAGS[flag]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
+    habit = hydra_habit(list(sys.argv[1:] if argv is None else argv))
+    if habit:
+        typer.echo(f"bbrctl: error: {habit}", err=True)
+        sys.exit(2)
     try:
         app(args=argv, prog_name="bbrctl", standalone_mode=True)
     except (UserError, StorageError) as e:

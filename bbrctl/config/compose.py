@@ -88,12 +88,31 @@ def to_plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
+# What a Hydra user reaches for, and bbrctl's way of saying it.
+HYDRA_KEYS = {
+    "hydra.sweep.dir": "; sweeps live under the runs root: use --runs-root DIR (and sweep.name=NAME for the folder)",
+    "hydra.sweep.subdir": "; each job's folder is named from its settings and signature (see `bbrctl sweep --dry-run`)",
+    "hydra.run.dir": "; runs live under the runs root: use --runs-root DIR",
+    "hydra.job.chdir": "; bbrctl never changes the working directory",
+    "hydra.searchpath": "; add config directories with --config-dir DIR or $BBRCTL_CONFIG_PATH",
+    "hydra/sweeper": "; bbrctl sweep expands comma lists and range()/choice() itself",
+    "hydra/launcher": "; pick a launcher with launcher=local or launcher=slurm",
+}
+
+
+def hydra_override_error(override: str) -> UserError:
+    """The refusal of a hydra.* override, with what bbrctl uses instead where there is one."""
+    key = override.partition("=")[0].lstrip("+~")
+    return UserError(f"override {override!r} is not allowed: hydra.* settings are managed by bbrctl"
+                     + HYDRA_KEYS.get(key, ""))
+
+
 def reject_sweep(override: str) -> None:
     key, sep, value = override.partition("=")
     if not sep:
         return
     if key.lstrip("+~").startswith("hydra"):
-        raise UserError(f"override {override!r} is not allowed: hydra.* settings are managed by bbrctl")
+        raise hydra_override_error(override)
     # A bare comma list or a sweep function means several jobs: only `bbrctl sweep` expands those.
     if re.match(r"^\s*(range|choice|glob|interval|tag)\(", value) or _has_top_level_comma(value):
         raise UserError(f"override {override!r} is a sweep; use `bbrctl sweep` to run several jobs")

@@ -41,7 +41,7 @@ def parse_overrides(overrides: Sequence[str], config_dirs: Sequence[str | os.Pat
         raise UserError(C.one_line(f"invalid override: {e}")) from None
     for o in parsed:
         if o.is_hydra_override() or o.key_or_group == "hydra":
-            raise UserError(f"override {o.input_line!r} is not allowed: hydra.* settings are managed by bbrctl")
+            raise C.hydra_override_error(o.input_line)
     return parsed
 
 
