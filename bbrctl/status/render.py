@@ -77,6 +77,10 @@ def render_overview(runs_root: Path, console=None) -> list[dict]:
 class ProgressView:
     """Live view of a sweep while it runs: a rich table on a terminal, else a line per change."""
 
+    # Without a terminal (a log, a batch job's output), a summary line this often even when
+    # no job changed state, so a long run is visibly alive.
+    HEARTBEAT_S = 60.0
+
     def __init__(self, name: str, sweep_dir: Path, signatures: Sequence[str], stream=None):
         self.name = name
         self.sweep_dir = sweep_dir
@@ -86,6 +90,7 @@ class ProgressView:
         self._live = None
         self._last: dict[str, str] = {}
         self._next = 0.0
+        self._heartbeat = time.monotonic() + self.HEARTBEAT_S
         self.jobs: list[JobState] = []
 
     def __enter__(self) -> "ProgressView":
@@ -119,6 +124,12 @@ class ProgressView:
                     print(f"[{time.strftime('%H:%M:%S')}] {key}: {j.state}{ap}{(' — ' + j.note) if j.note else ''}",
                           file=self.stream, flush=True)
                 self._last[key] = line
+            if now >= self._heartbeat:
+                self._heartbeat = now + self.HEARTBEAT_S
+                running = [f"{j.name} {j.iteration}/{j.max_iter}" for j in self.jobs
+                           if j.state == "running" and j.iteration is not None and j.max_iter]
+                print(f"[{time.strftime('%H:%M:%S')}] {summary_line(self.name, self.jobs)}"
+                      + (f"; running: {', '.join(running)}" if running else ""), file=self.stream, flush=True)
         return self.jobs
 
     def _renderable(self):
