@@ -94,10 +94,10 @@ def _extras() -> list[Check]:
 def _wandb() -> list[Check]:
     if not extras.available("wandb"):
         return []
-    from bbrctl.detection.wandb_run import _has_api_key
+    from bbrctl.config.wandb_settings import has_api_key
 
     env_mode = os.environ.get("WANDB_MODE")
-    key = _has_api_key()
+    key = has_api_key()
     detail = (f"WANDB_MODE={env_mode}" if env_mode else "WANDB_MODE unset (the config's wandb.mode decides; "
               "default disabled)") + ("; an API key is available" if key else "; no API key (online falls back "
                                                                                "to offline)")

@@ -60,7 +60,11 @@ def test_group_tags_and_config(tmp_path):
     job = {"sweep": "abl", "signature": "abc", "overrides": ["loss=giou", "gamma=0.5", "data=shapes_tiny"]}
     cfg = {"loss": {"name": "giou"}, "wandb": {"group": None, "tags": ["mine"]},
            "launcher": {"name": "slurm", "setup": ["export WANDB_API_KEY=s3cr3tkey123"], "partition": "gpu"}}
-    assert ws.run_group(cfg, job, run_dir) == "abl"
+    # The sweep's name and its setting: one table's rows together, another setting apart.
+    group = ws.run_group(cfg, job, run_dir)
+    assert group.startswith("abl-") and len(group) == len("abl-") + 6
+    assert ws.run_group({**cfg, "loss": {"name": "eiou"}, "seed": 3}, job, run_dir) == group
+    assert ws.run_group({**cfg, "data": {"name": "coco"}}, job, run_dir) != group
     assert ws.run_group({**cfg, "wandb": {"group": "mygroup"}}, job, run_dir) == "mygroup"
     assert ws.run_group(cfg, {"sweep": None}, run_dir) == run_dir.name
     assert ws.run_tags(cfg, job, run_dir) == ["loss=giou", "gamma=0.5", "mine"]
@@ -249,7 +253,12 @@ def test_sweep_runs_share_the_sweep_group_with_curves_metrics_artifact_and_panel
         seg = segs[d.name]
         job = json.loads((d / "job.json").read_text())
         results = json.loads((d / "results.json").read_text())
-        assert seg.run.run_id == ws.run_id(d) and seg.run.run_group == "wbsweep" and seg.run.job_type == "train"
+        assert seg.run.run_id == ws.run_id(d) and seg.run.job_type == "train"
+        assert seg.run.run_group == ws.run_group(job["config"], job, d) and seg.run.run_group.startswith("wbsweep-")
+        # iteration is every curve's x axis; AP's summary is its maximum.
+        assert seg.metrics["eval/*"].step_metric == "iteration" and seg.metrics["eval/*"].summary.max
+        assert seg.metrics["train/*"].step_metric == "iteration"
+        assert all(h["iteration"] == h["_step"] for h in seg.history)
         assert list(seg.run.tags) == [f"loss={job['config']['loss']['name']}"]
         assert seg.config["bbrctl"]["signature"] == job["signature"] and seg.config["bbrctl"]["sweep"] == "wbsweep"
         assert seg.config["launcher"] == {"name": "slurm"}
@@ -271,10 +280,11 @@ def test_sweep_runs_share_the_sweep_group_with_curves_metrics_artifact_and_panel
         (panel,) = seg.media("val/detections")
         assert panel.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert seg.history[-1]["val/detections"]["width"] > 300
-        # The artifact: results.json and config.yaml, no checkpoint by default.
+        # The artifact: results.json and config.yaml; no model artifact offline by default.
         (art,) = [a for a in seg.artifacts if a.type == "bbrctl-run"]
         assert art.name == d.name.replace("=", "_")
         assert sorted(c.path for c in art.manifest.contents) == ["config.yaml", "results.json"]
+        assert not [a for a in seg.artifacts if a.type == "model"]
         assert seg.exit_code == 0
     # WANDB_DIR is where everything went.
     assert not any((d / "wandb").exists() for d in s["run_dirs"])
@@ -284,7 +294,8 @@ def test_sweep_runs_share_the_sweep_group_with_curves_metrics_artifact_and_panel
 def test_the_report_table_traces_every_row_to_its_runs(offline_sweep):
     s = offline_sweep
     (rep,) = [seg for seg in segments(s["wandb_dir"] / "wandb") if seg.run.job_type == "report"]
-    assert rep.run.run_group == "wbsweep" and rep.run.display_name == "report-table1"
+    groups = {seg.run.run_group for seg in _train_segments(s).values()}
+    assert len(groups) == 1 and rep.run.run_group in groups and rep.run.display_name == "report-table1"
     (table,) = rep.media("table1")
     tj = json.loads(table.read_text())
     cols = tj["columns"]
@@ -391,7 +402,7 @@ def test_draw_grid_draws_detections_above_the_threshold_in_their_class_colour():
 
 @pytest.mark.parametrize("wcfg,needle", [({"images": 40}, "wandb.images=40 is not valid: must be an integer in [0, 32]"),
                                          ({"images": True}, "wandb.images"),
-                                         ({"log_checkpoint": "yes"}, "wandb.log_checkpoint='yes' is not valid: must be true or false"),
+                                         ({"log_checkpoint": "yes"}, "wandb.log_checkpoint='yes' is not valid: must be null or true or false"),
                                          ({"tags": "a"}, "wandb.tags='a' is not valid: must be a list"),
                                          ({"group": ""}, "wandb.group='' is not valid: must be null or a name")])
 def test_bad_wandb_settings_are_one_line_errors(wcfg, needle):
@@ -438,3 +449,75 @@ def test_on_a_real_cluster_the_secret_is_only_in_the_batch_script(slurm_cluster,
               and p != script and any(x.encode() in p.read_bytes() for x in SECRETS)]
     assert not leaked
     assert len(segments(wandb_dir / "wandb")) == 2
+
+
+# --------------------------------------------------------------------------- settings, model artifact
+
+
+def test_online_without_a_key_says_it_goes_offline(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sink = ws.WandbSink({"wandb": {"mode": "online", "project": "t", "images": 0}, "launcher": {"name": "local"}},
+                        run_dir, job={"sweep": None})
+    try:
+        assert sink.mode == "offline"
+        log = (run_dir / "train.log").read_text()
+        assert "W&B: online mode but no API key for api.wandb.ai" in log and "logging offline" in log
+    finally:
+        sink.finish()
+
+
+def test_one_resolver_honours_the_server_of_wandb_base_url(tmp_path, monkeypatch):
+    from bbrctl.config import wandb_settings as W
+    from bbrctl.report.wandb_table import resolve_mode as report_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text("machine wandb.mylab.org login user password k3y\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    assert not W.has_api_key() and ws.resolve_mode("online") == "offline" == report_mode({"mode": "online"})
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.mylab.org")
+    assert W.has_api_key() and ws.resolve_mode("online") == "online" == report_mode({"mode": "online"})
+    assert report_mode({"mode": "disabled"}) == "offline"  # --wandb asked for it explicitly
+
+
+def test_segments_name_every_offline_part_of_a_run(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for first in (1, 4):
+        time.sleep(1.1)  # wandb names a segment by its start second: two in one second share a folder
+        s = _sink(run_dir)
+        s.log_history([(i, {"train/loss": 1.0}) for i in range(first, first + 3)])
+        described = s.describe()
+        s.finish()
+    assert len(described["segments"]) == 2
+    assert [Path(p) for p in described["segments"]] == [seg.dir for seg in segments(run_dir / "wandb")]
+
+
+@pytest.mark.parametrize("final_ap, aliases", [(30.0, ["latest", "best"]), (20.0, ["latest"])])
+def test_the_final_checkpoint_is_a_model_artifact_with_latest_and_best(tmp_path, monkeypatch, final_ap, aliases):
+    _offline(monkeypatch)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps({"iteration": 2, "eval": {"bbox": {"AP": 25.0}}}) + "\n"
+        + json.dumps({"iteration": 4, "eval": {"bbox": {"AP": final_ap}}}) + "\n")
+    s = _sink(run_dir, {"wandb": {"mode": "offline", "project": "t", "images": 0, "log_checkpoint": True}})
+    results = {"metrics": {"bbox": {"AP": final_ap}}, "iteration": 4}
+    assert s.logs_model() and s.model_aliases(results) == aliases
+    s.finish_run(results)
+    s.finish()
+    (seg,) = segments(run_dir / "wandb")
+    (model,) = [a for a in seg.artifacts if a.type == "model"]
+    assert model.name == "model-run" and [c.path for c in model.manifest.contents] == ["last.pt"]
+    assert sorted(model.aliases) == sorted(aliases)
+    default = _sink(run_dir)
+    assert not default.logs_model()  # null: only runs that go online
+    default.finish()

@@ -72,6 +72,7 @@ class Segment:
     config: dict = field(default_factory=dict)
     artifacts: list = field(default_factory=list)
     args: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)   # define_metric records by name or glob
     exit_code: int | None = None
 
     @classmethod
@@ -92,6 +93,8 @@ class Segment:
                 seg.summary.update(_items(r.summary.update))
             elif kind == "artifact":
                 seg.artifacts.append(r.artifact)
+            elif kind == "metric":
+                seg.metrics[r.metric.name or r.metric.glob_name] = r.metric
             elif kind == "environment":
                 seg.args.extend(r.environment.args)
             elif kind == "exit":

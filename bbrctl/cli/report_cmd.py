@@ -70,6 +70,8 @@ def report_command(
         typer.echo(f"wrote {path}", err=True)
     if outcome.wandb:
         w = outcome.wandb
+        if w.get("notice"):
+            typer.echo(f"bbrctl: note: {w['notice']}", err=True)
         where_ = w.get("url") or f"{w['run_dir']} (upload it with `wandb sync {w['run_dir']}`)"
         typer.echo(f"logged to W&B ({w['mode']}, project {w['project']}, group {w['group']}, run "
                    f"{w.get('run_id')}): {where_}", err=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -63,7 +64,9 @@ def _print_results(run_dir: Path, results: dict) -> None:
         typer.echo(f"  {iou_type}: {cells}")
     w = results.get("wandb")
     if isinstance(w, dict) and not results.get("skipped"):
-        hint = "" if w.get("mode") == "online" else f" (upload it with `wandb sync {w.get('location')}`)"
+        segments = w.get("segments") or [w.get("location")]
+        hint = "" if w.get("mode") == "online" else \
+            f" (upload it with `wandb sync {' '.join(shlex.quote(str(x)) for x in segments)}`)"
         typer.echo(f"  W&B run {w.get('id')} ({w.get('mode')}, group {w.get('group')}): {w.get('location')}{hint}")
 
 

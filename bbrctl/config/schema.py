@@ -67,7 +67,7 @@ WANDB: Keys = {
     "group": _W_NAME,                      # null: the sweep's name (a single train: the run's)
     "tags": optional(ListOf(item=AnyOf(options=(Str(), Float())))),
     "images": optional(Int(lo=0, hi=32)),  # val images in the end-of-run panel (0: none)
-    "log_checkpoint": optional(Bool()),
+    "log_checkpoint": optional(Nullable(inner=Bool())),  # null: on for runs that go online
 }
 
 SWEEP: Keys = {

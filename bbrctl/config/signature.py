@@ -32,6 +32,8 @@ NON_RESULT_KEYS = (
     "run_dir",
     "report",
 )
+# What makes runs comparable: one setting per report table, one W&B group per sweep and setting.
+SETTING_KEYS = ("model.name", "backbone.name", "data.name", "schedule.name", "schedule.max_iter")
 # Kept, but only in a form that does not depend on where the file lies.
 PORTABLE_KEYS = ("model.weights_backbone",)
 

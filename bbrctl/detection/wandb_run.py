@@ -18,8 +18,13 @@ What lands where (one W&B run per run directory):
   detections, drawn by bbrctl.report.detections) and ``per_category/<bbox|segm>`` (a
   ``wandb.Table`` of per-category AP, AP50, AP75).
 * **summary**: ``final/<bbox|segm>/<AP..APl>``.
-* **artifact** ``<run dir name>`` of type ``bbrctl-run``: results.json, config.yaml, and
-  checkpoints/last.pt when ``wandb.log_checkpoint`` is true (referenced, not copied).
+* **artifacts**: ``<run dir name>`` of type ``bbrctl-run`` (results.json, config.yaml), and
+  ``model-<run dir name>`` of type ``model`` (the final checkpoint, referenced, not copied)
+  with the aliases ``latest`` and, when its AP is the best of the run's evaluations,
+  ``best``; logged when ``wandb.log_checkpoint`` is true, or null (the default) and the run
+  goes online.
+* **metrics**: ``iteration`` is the x axis of every curve (``define_metric``) and
+  ``eval/*`` summaries keep their maximum.
 
 Run identity and resume: ``<run_dir>/wandb_run.json`` holds a random W&B run id
 (created with the directory's first W&B run, so a directory deleted and run again at the
@@ -43,6 +48,7 @@ warnings in train.log, never a failed training run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -52,6 +58,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from bbrctl import extras
+from bbrctl.config import wandb_settings
 
 MODES = ("online", "offline", "disabled")
 STATE = "wandb_run.json"
@@ -92,8 +99,7 @@ def run_id(run_dir: str | os.PathLike) -> str | None:
 
 
 def run_group(cfg: Mapping[str, Any], job: Mapping[str, Any] | None, run_dir: Path) -> str:
-    wcfg = cfg.get("wandb") or {}
-    return str(wcfg.get("group") or (job or {}).get("sweep") or run_dir.name)
+    return wandb_settings.run_group(cfg, (job or {}).get("sweep"), run_dir.name)
 
 
 def swept_values(job: Mapping[str, Any] | None, run_dir: Path) -> list[str]:
@@ -161,31 +167,9 @@ def _redacted_argv() -> Iterator[None]:
 # --------------------------------------------------------------------------- mode
 
 
-def _has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):  # no ~/.netrc, or unreadable
-        return False
-
-
 def resolve_mode(configured: str | None) -> str:
-    """The mode a run uses: the environment's WANDB_MODE, else the config's, with the
-    online -> offline fallback when no API key is available."""
-    mode = (os.environ.get("WANDB_MODE") or configured or "disabled").lower()
-    if mode in ("dryrun", "disable"):
-        mode = {"dryrun": "offline", "disable": "disabled"}[mode]
-    if mode not in MODES:
-        from bbrctl.errors import UserError
-
-        raise UserError(f"wandb.mode={mode!r} is not valid; valid: {', '.join(MODES)}")
-    if mode == "online" and not _has_api_key():
-        mode = "offline"
-    return mode
+    """The mode a run uses (bbrctl.config.wandb_settings.resolve, which also says why)."""
+    return wandb_settings.resolve(configured)[0]
 
 
 def wandb_root(run_dir: Path) -> str:
@@ -203,7 +187,7 @@ class WandbSink:
     def __init__(self, cfg: Mapping[str, Any], run_dir: str | os.PathLike, name: str | None = None,
                  job: Mapping[str, Any] | None = None):
         wcfg = dict(cfg.get("wandb") or {})
-        self.mode = resolve_mode(wcfg.get("mode"))
+        self.mode, fallback = wandb_settings.resolve(wcfg.get("mode"))
         self.run = None
         self.run_dir = Path(run_dir)
         self.cfg = cfg
@@ -225,6 +209,12 @@ class WandbSink:
                 job_type="train", name=name or self.run_dir.name, id=self.state["id"], resume="allow",
                 dir=root, mode=self.mode, config=run_config(cfg, self.job, self.run_dir),
                 tags=run_tags(cfg, self.job, self.run_dir))
+        # The iteration is the x axis of every curve; AP's summary is its best value.
+        self.run.define_metric("iteration")
+        self.run.define_metric("train/*", step_metric="iteration")
+        self.run.define_metric("eval/*", step_metric="iteration", summary="max")
+        if fallback:
+            self._note(fallback)
         self._note(f"W&B run {self.state['id']} ({self.mode}, project {wcfg.get('project') or 'bbrctl'}, group "
                    f"{self.group}): {self.location}" + (f"; resuming after step {self.resume_after}"
                                                          if self.resume_after else ""))
@@ -238,7 +228,15 @@ class WandbSink:
         if self.run is None:
             return None
         return {"id": self.state["id"], "mode": self.mode, "project": self.wcfg.get("project") or "bbrctl",
-                "group": self.group, "location": self.location}
+                "group": self.group, "location": self.location, "segments": self.segments()}
+
+    def segments(self) -> list[str]:
+        """Every offline segment of this W&B run (one per process that logged: resumes, requeues),
+        oldest first; ``wandb sync`` needs them all to upload the whole run."""
+        if self.run is None or self.mode != "offline":
+            return []
+        base = Path(wandb_root(self.run_dir)) / "wandb"
+        return [str(p) for p in sorted(base.glob(f"offline-run-*-{self.state['id']}")) if p.is_dir()]
 
     @property
     def location(self) -> str:
@@ -267,7 +265,7 @@ class WandbSink:
             return
         self._advance(max(s for s, _ in rows))  # first: a kill now loses steps, never doubles them
         for step, values in rows:
-            self.run.log(dict(values), step=step)
+            self.run.log({**values, "iteration": step}, step=step)
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
         self.log_history([(step, values)])
@@ -308,6 +306,55 @@ class WandbSink:
             self.run.log_artifact(self._artifact(results))
         except Exception as e:  # noqa: BLE001
             self._note(f"W&B: no artifact ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+        if self.logs_model():
+            try:
+                art = self._model_artifact(results)
+                if art is not None:
+                    self.run.log_artifact(art, aliases=self.model_aliases(results))
+            except Exception as e:  # noqa: BLE001
+                self._note(f"W&B: no model artifact ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+
+    def logs_model(self) -> bool:
+        """``wandb.log_checkpoint``: true, false, or null (the default): on for runs that go online."""
+        setting = self.wcfg.get("log_checkpoint")
+        return self.mode == "online" if setting is None else bool(setting)
+
+    def model_aliases(self, results: Mapping[str, Any]) -> list[str]:
+        """["latest"], plus "best" when the final AP is the best of every evaluation of the run."""
+        from bbrctl import store
+
+        final = ((results.get("metrics") or {}).get("bbox") or {}).get("AP")
+        aps = []
+        try:
+            lines = (self.run_dir / store.METRICS).read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                ap = json.loads(line).get("eval", {}).get("bbox", {}).get("AP")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(ap, (int, float)):
+                aps.append(float(ap))
+        best = isinstance(final, (int, float)) and all(final >= a - 1e-9 for a in aps)
+        return ["latest", *(["best"] if best else [])]
+
+    def _model_artifact(self, results: Mapping[str, Any]):
+        wandb = extras.require("wandb")
+        from bbrctl.detection.checkpoint import checkpoint_path
+
+        ck = checkpoint_path(self.run_dir)
+        if not ck.is_file():
+            return None
+        art = wandb.Artifact(f"model-{artifact_name(self.run_dir)}", type="model",
+                             description=f"bbrctl run {self.run_dir.name}: final checkpoint "
+                                         f"(iteration {results.get('iteration')})",
+                             metadata={"run_dir": str(self.run_dir), "signature": self.job.get("signature"),
+                                       "iteration": results.get("iteration"),
+                                       "metrics": dict(results.get("metrics") or {})})
+        # Referenced in place: a checkpoint can be large, and it no longer changes.
+        art.add_file(str(ck), name=ck.name, policy="immutable")
+        return art
 
     def _panel(self, n: int, device: str):
         """The val image grid as a PIL image (drawn by bbrctl.report.detections)."""
@@ -337,20 +384,12 @@ class WandbSink:
         from bbrctl import store
 
         art = wandb.Artifact(artifact_name(self.run_dir), type=ARTIFACT_TYPE,
-                             description=f"bbrctl run {self.run_dir.name}: results, config"
-                                         + (", final checkpoint" if self.wcfg.get("log_checkpoint") else ""),
+                             description=f"bbrctl run {self.run_dir.name}: results, config",
                              metadata={"run_dir": str(self.run_dir), "signature": self.job.get("signature"),
                                        "sweep": self.job.get("sweep"), "metrics": dict(results.get("metrics") or {})})
         for name in (store.RESULTS, store.CONFIG):
             if (self.run_dir / name).is_file():
                 art.add_file(str(self.run_dir / name), name=name)
-        if self.wcfg.get("log_checkpoint"):
-            from bbrctl.detection.checkpoint import checkpoint_path
-
-            ck = checkpoint_path(self.run_dir)
-            if ck.is_file():
-                # Referenced in place: a checkpoint can be large, and it no longer changes.
-                art.add_file(str(ck), name=f"{store.CHECKPOINTS}/{ck.name}", policy="immutable")
         return art
 
     def _note(self, msg: str) -> None:

@@ -75,6 +75,15 @@ def _common_sweep(run_dirs: Iterable[str], col: Collection) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
+def _common_group(run_dirs: Iterable[str], col: Collection, sweep: str | None) -> str | None:
+    """The W&B group the runs were logged in, when they share one; else the sweep's name."""
+    from bbrctl.config.wandb_settings import run_group
+
+    wanted = set(run_dirs)
+    groups = {run_group(r.config, r.sweep, r.dir.name) for r in col.runs if str(r.dir) in wanted}
+    return groups.pop() if len(groups) == 1 else sweep or _common_sweep(run_dirs, col)
+
+
 def _run_wandb(run_dirs: Iterable[str], col: Collection) -> dict:
     wanted = set(run_dirs)
     for r in col.runs:
@@ -136,7 +145,7 @@ def report_table(key: str, *, runs: str | os.PathLike = "runs", sweep: str | Non
         dirs = [d for r in tr.rows for d in r.runs]
         header, rows = with_trace(*_csv_rows(to_csv(tr)), [r.runs for r in tr.rows], _runs_by_dir(col))
         outcome.wandb = log_report(defn.name, defn.title, header, rows, markdown=to_markdown(tr, precision),
-                                   group=sweep or _common_sweep(dirs, col), run_wandb=_run_wandb(dirs, col),
+                                   group=_common_group(dirs, col, sweep), run_wandb=_run_wandb(dirs, col),
                                    out_dir=_wandb_dir(out, out_dir),
                                    config={"runs_root": str(runs), "sweep": sweep, "where": list(where)})
     return outcome
@@ -215,7 +224,7 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
         header, rows = with_trace(*_csv_rows(figure_csv(fr)), [p.runs for p in points], _runs_by_dir(col))
         outcome.wandb = log_report(defn.name, defn.title, header, rows, images=[png],
                                    markdown=figure_markdown(fr, precision),
-                                   group=sweep or _common_sweep(dirs, col), run_wandb=_run_wandb(dirs, col),
+                                   group=_common_group(dirs, col, sweep), run_wandb=_run_wandb(dirs, col),
                                    out_dir=_wandb_dir(out, out_dir),
                                    config={"runs_root": str(runs), "sweep": sweep, "where": list(where)})
     return outcome

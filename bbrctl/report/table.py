@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bbrctl.config.signature import SETTING_KEYS
 from bbrctl.report.collect import Collection, Run, load_outcome, metric_value
 from bbrctl.report.definitions import TableDef
 from bbrctl.report.matching import MISSING, Group, lookup, matches, row_exclusions, select
 
-SETTING_KEYS = ("model.name", "backbone.name", "data.name", "schedule.name", "schedule.max_iter")
 # When no run of a row has finished, the cell shows the most hopeful state.
 STATE_ORDER = ("running", "requeued", "pending", "incomplete", "failed")
 

@@ -1,8 +1,8 @@
 """``--wandb``: log a report's table (and figures) to a W&B run in the sweep's group.
 
 One W&B run per ``bbrctl report --wandb`` (job_type ``report``, name ``report-<name>``,
-group ``wandb.group`` of the runs, else the sweep's name: the group its training runs
-are in). It holds the table as a ``wandb.Table`` under the report's name, whose every
+in the group its training runs are in: ``wandb.group`` of the runs, else the sweep's name
+and the setting's hash, bbrctl.config.wandb_settings.run_group). It holds the table as a ``wandb.Table`` under the report's name, whose every
 row ends with the columns :data:`TRACE_COLUMNS`: the row's run directories, their
 signatures, their W&B run ids (from each run's ``wandb_run.json``) and their seeds, so
 each cell traces back to the runs (and W&B runs) it aggregates; the figure's PNG as
@@ -12,11 +12,12 @@ Files go to ``$WANDB_DIR/wandb/`` when WANDB_DIR is set, else ``wandb/`` beside 
 report's output (the folder of ``--out``, or ``reports/``). The caller prints the run's
 URL (online) or its offline directory (``wandb sync DIR`` uploads it).
 
-Mode: ``WANDB_MODE`` when set, else the runs' own ``wandb.mode`` (from job.json), else
-offline. The user asked for W&B explicitly, so a run config's ``disabled`` becomes
-offline; ``online`` without credentials (no ``WANDB_API_KEY`` and no api.wandb.ai entry
-in ~/.netrc) also falls back to offline, so no account is ever needed: ``wandb sync``
-uploads the offline run later. The key itself is never read or written by bbrctl.
+Mode: as training resolves it (bbrctl.config.wandb_settings.resolve): ``WANDB_MODE`` when
+set, else the runs' own ``wandb.mode`` (from job.json), else offline. The user asked for
+W&B explicitly, so a run config's ``disabled`` becomes offline; ``online`` without an API
+key for the server (``WANDB_BASE_URL``) falls back to offline with a notice, so no account
+is ever needed: ``wandb sync`` uploads the offline run later. The key itself is never read
+or written by bbrctl.
 """
 
 from __future__ import annotations
@@ -26,28 +27,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bbrctl import extras
+from bbrctl.config import wandb_settings
 from bbrctl.errors import UserError
 
 
-def _has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def resolve_mode(run_wandb: dict | None) -> str:
-    env = os.environ.get("WANDB_MODE")
-    mode = env or (run_wandb or {}).get("mode") or "offline"
-    if mode in ("disabled", "dryrun") and not env:
-        mode = "offline"
-    if mode == "online" and not _has_credentials():
-        mode = "offline"
-    return mode
+    """The report run's mode (bbrctl.config.wandb_settings.resolve with explicit=True)."""
+    return wandb_settings.resolve((run_wandb or {}).get("mode"), explicit=True)[0]
 
 
 TRACE_COLUMNS = ("run_dirs", "signatures", "wandb_run_ids", "seeds")
@@ -90,9 +76,9 @@ def log_report(name: str, title: str, columns: Sequence[str], rows: Sequence[Seq
     """
     wandb = extras.require("wandb", "report --wandb")
     cfg = dict(run_wandb or {})
-    mode = resolve_mode(cfg)
+    mode, notice = wandb_settings.resolve(cfg.get("mode"), explicit=True)
     project = cfg.get("project") or "bbrctl"
-    # The training runs' own group when their config names one, else the sweep's name.
+    # The caller passes the training runs' own group (bbrctl.config.wandb_settings.run_group).
     group = cfg.get("group") or group
     # Passed explicitly: wandb reads WANDB_DIR once per process, at the first init.
     root = Path(os.environ.get("WANDB_DIR") or out_dir)
@@ -120,7 +106,8 @@ def log_report(name: str, title: str, columns: Sequence[str], rows: Sequence[Seq
         rid = run.id
     finally:
         run.finish()
-    return {"mode": mode, "project": project, "group": group, "run_dir": run_dir, "url": url, "run_id": rid}
+    return {"mode": mode, "project": project, "group": group, "run_dir": run_dir, "url": url, "run_id": rid,
+            "notice": notice}
 
 
 def _html_escape(s: str) -> str:
