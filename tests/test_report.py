@@ -481,7 +481,12 @@ def test_wandb_offline_logs_the_table(full_table1, tmp_path_factory, monkeypatch
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     o = report_table("1", runs=root, out_dir=out, wandb=True)
-    assert o.wandb["mode"] == "offline" and o.wandb["group"] == "table1"
+    # The group its training runs were logged in: the sweep's name and the setting's hash.
+    from bbrctl.config.wandb_settings import run_group
+    from bbrctl.report.collect import collect
+
+    groups = {run_group(r.config, r.sweep, r.dir.name) for r in collect(root).runs}
+    assert o.wandb["mode"] == "offline" and [o.wandb["group"]] == list(groups) and o.wandb["group"].startswith("table1-")
     tables = list(Path(o.wandb["run_dir"]).rglob("*.table.json"))
     assert len(tables) == 1
     logged = json.loads(tables[0].read_text())
