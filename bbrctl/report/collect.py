@@ -11,6 +11,7 @@ Run states as the report sees them:
   failed      results.json status "failed" (its error is quoted in a footnote)
   running / requeued / pending   from status.json while there is no results.json
   incomplete  results.json present but unreadable, or "done" without the metric block
+  unreadable  results.json or the run directory is another user's and not readable to this one
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Collection:
     root: Path
     runs: list[Run]
     unreadable: list[Path]    # run dirs whose job.json did not parse
+    denied: list[Path] = field(default_factory=list)  # directories this user may not read (another user's)
 
 
 def _read(path: Path) -> tuple[bool, Any]:
@@ -77,7 +79,11 @@ def collect(root: str | os.PathLike, sweep: str | None = None) -> Collection:
     base = root / sweep if sweep and (root / sweep).is_dir() else root
     runs: list[Run] = []
     unreadable: list[Path] = []
-    for d in find_run_dirs(base):
+    denied: list[Path] = []
+    for d in find_run_dirs(base, denied=denied):
+        if not os.access(d / JOB, os.R_OK):
+            denied.append(d)
+            continue
         _, job = _read(d / JOB)
         if not isinstance(job, dict):
             unreadable.append(d)
@@ -87,7 +93,7 @@ def collect(root: str | os.PathLike, sweep: str | None = None) -> Collection:
         created = job.get("created")
         runs.append(Run(dir=d, job=job, signature=str(job.get("signature") or d.name),
                         sweep=job.get("sweep"), created=float(created) if isinstance(created, (int, float)) else 0.0))
-    return Collection(root=root, runs=runs, unreadable=unreadable)
+    return Collection(root=root, runs=runs, unreadable=unreadable, denied=denied)
 
 
 def sweeps_under(root: str | os.PathLike) -> list[str]:
@@ -104,6 +110,9 @@ def load_outcome(run: Run, metric: str = "bbox") -> Run:
     """Fill ``run.state``/``metrics``/``detail`` from results.json, else status.json."""
     exists, res = _read(run.dir / RESULTS)
     if exists:
+        if not isinstance(res, dict) and not os.access(run.dir / RESULTS, os.R_OK):
+            run.state, run.detail = "unreadable", "results.json cannot be read (Permission denied): its owner's umask keeps it private"
+            return run
         if not isinstance(res, dict):
             run.state, run.detail = "incomplete", "results.json could not be read"
             return run

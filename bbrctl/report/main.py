@@ -63,7 +63,7 @@ def _collection(runs: str | os.PathLike, sweep: str | None) -> Collection:
         raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs DIR "
                         f"(the runs_root where `bbrctl sweep`/`bbrctl train` create run directories)")
     col = collect(root, sweep)
-    if sweep and not col.runs and not col.unreadable:
+    if sweep and not col.runs and not col.unreadable and not col.denied:
         known = sweeps_under(root)
         raise UserError(f"no runs of sweep {sweep!r} under {root}; sweeps there: {', '.join(known) or 'none'}")
     return col

@@ -30,7 +30,7 @@ from bbrctl.report.definitions import TableDef
 from bbrctl.report.matching import MISSING, Group, lookup, matches, row_exclusions, select
 
 # When no run of a row has finished, the cell shows the most hopeful state.
-STATE_ORDER = ("running", "requeued", "pending", "incomplete", "failed")
+STATE_ORDER = ("running", "requeued", "pending", "incomplete", "unreadable", "failed")
 
 
 @dataclass
@@ -55,7 +55,7 @@ class RowResult:
     id: str
     labels: tuple[str, ...]
     source: str                     # "ours" | "paper"
-    state: str                      # done | partial | running | requeued | pending | incomplete | failed | missing | not run
+    state: str                      # done | partial | running | requeued | pending | incomplete | unreadable | failed | missing | not run
     stats: dict[str, Stat] = field(default_factory=dict)
     n_done: int = 0
     n_runs: int = 0
@@ -207,7 +207,11 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
             res.note("n", f"not run: {row.paper_only}; only the published numbers are shown")
         else:
             group = sel.chosen.get(row.id)
-            if group is None:
+            if group is None and collection.denied:
+                # Runs may be there, in directories this user cannot read: not "missing".
+                res.state = "unreadable"
+                res.note("n", f"{label}: no readable run matches; {_denied_text(collection)}")
+            elif group is None:
                 hint = f"; run `{defn.hint}`" if defn.hint else ""
                 res.note("n", f"{label}: no run under {collection.root} matches {_fmt_match({**base, **row.match})}"
                               f"{_near_miss(candidates if candidates else collection.runs, {**base, **row.match})}{hint}")
@@ -253,11 +257,20 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
     if collection.unreadable:
         table_notes.append(f"{len(collection.unreadable)} run director{'ies' if len(collection.unreadable) != 1 else 'y'} "
                            f"skipped: unreadable job.json (e.g. {collection.unreadable[0]})")
+    if collection.denied:
+        table_notes.append(_denied_text(collection))
 
     setting = _setting([sel.chosen[r.id] for r in runnable if r.id in sel.chosen])
     return TableResult(definition=defn, rows=rows, notes=table_notes, setting=setting, root=str(collection.root),
                        sweep=sweep, where=where, paper=paper, paper_caption=paper_caption, noise=noise,
                        build_seconds=time.perf_counter() - t0)
+
+
+def _denied_text(collection: Collection) -> str:
+    n = len(collection.denied)
+    return (f"{n} director{'ies' if n != 1 else 'y'} under {collection.root} cannot be read (Permission denied), "
+            f"e.g. {collection.denied[0]}: their owner's umask keeps them private (a group-shared runs root "
+            "needs umask 002 or 022)")
 
 
 def _setting(groups: list[Group]) -> dict[str, str]:

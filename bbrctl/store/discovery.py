@@ -70,11 +70,14 @@ def find_sweep_dir(sweep: str, runs_root: str | os.PathLike) -> Path:
     raise UserError(f"no sweep {sweep!r} under {str(runs_root)!r} (sweeps there: {known})")
 
 
-def find_dirs_holding(root: str | os.PathLike, name: str, max_depth: int = _MAX_DEPTH) -> list[Path]:
+def find_dirs_holding(root: str | os.PathLike, name: str, max_depth: int = _MAX_DEPTH,
+                      denied: list[Path] | None = None) -> list[Path]:
     """Every directory under ``root`` (itself included) holding a file ``name``; sorted.
 
     Such a directory is not descended into; hidden directories and a run's own
-    checkpoints/ and wandb/ are skipped; links are not followed.
+    checkpoints/ and wandb/ are skipped; links are not followed. Directories this user may
+    not list are appended to ``denied`` when given (another user's private runs: what
+    they hold is unknown, not absent).
     """
     found: list[str] = []
     stack = [(str(root), 0)]
@@ -83,6 +86,10 @@ def find_dirs_holding(root: str | os.PathLike, name: str, max_depth: int = _MAX_
         try:
             with os.scandir(d) as it:
                 entries = list(it)
+        except PermissionError:
+            if denied is not None:
+                denied.append(Path(d))
+            continue
         except OSError:
             continue
         if any(e.name == name for e in entries):
@@ -102,6 +109,6 @@ def find_dirs_holding(root: str | os.PathLike, name: str, max_depth: int = _MAX_
     return [Path(d) for d in found]
 
 
-def find_run_dirs(root: str | os.PathLike) -> list[Path]:
-    """Every run directory (one holding job.json) under ``root``; sorted."""
-    return find_dirs_holding(root, JOB)
+def find_run_dirs(root: str | os.PathLike, denied: list[Path] | None = None) -> list[Path]:
+    """Every run directory (one holding job.json) under ``root``; sorted (``denied``: as above)."""
+    return find_dirs_holding(root, JOB, denied=denied)
