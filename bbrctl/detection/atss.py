@@ -26,8 +26,14 @@ in the batch (at least 1):
 
 **Configured loss** (``loss=<name>``) replaces the regression term only, in the space the
 loss declares (decoded xyxy boxes or encoded deltas) and with ATSS's own normaliser:
-pair i gets the factor ctr_i / sum(ctr) (the stock weighting); Focal-EIoU and
-Focal-EIoU* use their own Eq. 11 normaliser over the batch's positive pairs instead.
+pair i gets the factor ctr_i / sum(ctr) (the stock weighting). Focal-EIoU and
+Focal-EIoU* keep that weighting inside their own Eq. 11 normaliser: the centerness
+target is the per-box weight w_i of the loss library's "weighted" reduction, so the term
+is sum_i W_i ctr_i L_i / sum_i W_i ctr_i over the batch's positives (W_i = IoU_i^gamma,
+detached), which is the stock rule with W_i = 1. The reference code (sfzhang15/ATSS
+``atss_core/modeling/rpn/atss/loss.py``) divides by the batch's centerness sum without
+a floor; mmdet's ``ATSSHead`` clamps it to >= 1; bbrctl floors it at 1e-6 (the
+reference's rule wherever the sum is not tiny).
 Every regression term is multiplied by the configured ``weight``; the stock one keeps its
 2.0 on top (``loss=baseline weight=1`` is the stock loss).
 """
@@ -126,4 +132,4 @@ class ATSS(DenseDetector):
             pred, target = self.decode(deltas, anchors), gt
         else:
             pred, target = deltas, self.encode(gt, anchors)
-        return self.bbr(pred, target, ctr_t / denom)
+        return self.bbr(pred, target, ctr_t / denom, box_weight=ctr_t)
