@@ -615,3 +615,59 @@ def test_paa_iou_weighting_with_disjoint_positives_and_with_none(monkeypatch):
         monkeypatch.setattr(m, "assign", lambda *a: (none, gt, labels, valid))
         out = m.compute_loss(targets, head, anchors, sizes)["bbox_regression"]
         assert float(out.detach()) == 0.0 and out.requires_grad
+
+
+def test_reg_weighting_none_is_the_plain_mean_and_changes_the_signature():
+    from bbrctl.config import signature
+    from bbrctl.detection.dense import pad_targets
+
+    _, targets = batch()
+    for name in ("atss", "paa"):
+        m = hooked(name)
+        m.reg_weighting = "none"
+        head, anchors, sizes = _outputs(m, targets)
+        if name == "paa":
+            matched = m.assign(targets, head, anchors, sizes)[0]
+        else:
+            from bbrctl.detection.atss import atss_assign
+
+            gt_, _, valid_ = pad_targets(targets, "cpu")
+            matched = atss_assign(anchors, sizes, gt_, valid_)
+        got = m.compute_loss(targets, head, anchors, sizes)["bbox_regression"]
+        want = (2.0 if name == "atss" else 1.3) * reg_unweighted(head, anchors, matched, targets)
+        assert float(got) == pytest.approx(want, rel=1e-5), name
+    base = _cfg("paa")
+    off = to_container(compose(["model=paa", *MICRO, "model.reg_weighting=none"]))
+    assert signature(base) != signature(off)
+    with pytest.raises(UserError, match=r"model.reg_weighting='centerness' is not valid: must be one of iou, none"):
+        compose(["model=paa", *MICRO, "model.reg_weighting=centerness"])
+
+
+@pytest.mark.parametrize("model, stock", [("atss", 2.0), ("paa", 1.3), ("retinanet", 1.0), ("faster_rcnn", 1.0),
+                                          ("fcos", 1.0), ("detr", 2.0)])
+def test_weight_stock_is_the_detectors_own_box_weight(model, stock):
+    from bbrctl.config import signature
+    from bbrctl.detection.models import box_loss_weight
+
+    extra = ["model.anchor_sizes=[32,64,128,256,512]"] if model == "fcos" else []
+    fe = to_container(compose([f"model={model}", "loss=focal_eiou", "+weighting=stock", *extra]))
+    assert fe["weight"] == "stock" and box_loss_weight(fe) == stock
+    assert box_loss_weight(to_container(compose([f"model={model}", "loss=focal_eiou", "+weighting=paper", *extra]))) == 2.5
+    # baseline at its stock weight is the baseline: weight 1, one signature
+    b_stock = to_container(compose([f"model={model}", "loss=baseline", "+weighting=stock", *extra]))
+    b_one = to_container(compose([f"model={model}", "loss=baseline", *extra]))
+    assert box_loss_weight(b_stock) == 1.0 and signature(b_stock) == signature(b_one)
+
+
+def test_weight_stock_installs_the_stock_weight_in_atss():
+    from bbrctl.detection.models import build_model
+
+    cfg = to_container(compose(["model=atss", *MICRO, "loss=giou", "weight=stock"]))
+    torch.manual_seed(0)
+    m = build_model(cfg, NUM_CLASSES)
+    assert m.bbr.weight == 2.0      # loss=giou weight=stock is ATSS's stock term
+    _, targets = batch()
+    head, anchors, sizes = _outputs(m, targets)
+    ref = hooked("atss").compute_loss(targets, head, anchors, sizes)
+    torch.testing.assert_close(m.compute_loss(targets, head, anchors, sizes)["bbox_regression"],
+                               ref["bbox_regression"], rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ from bbrctl.config.fields import (AnyOf, Bool, Choice, Const, Field, Float, Int,
 from bbrctl.errors import UserError
 
 INV_E = 1.0 / math.e
+STOCK_WEIGHT = "stock"    # weight=stock: a loss at the detector's own box-loss weight
 
 # Data sets that bbrctl generates (bbrctl/detection/synth.py); every other data.name is a
 # COCO-format dataset read from disk, identified by that name in signatures.
@@ -52,7 +53,9 @@ _PROB = Float(lo=0.0, hi=1.0)
 TOP: Keys = {
     "gamma": Float(lo=0.0, doc="Focal-EIoU's gamma (Eq. 10)"),
     "beta": Float(lo=INV_E, hi=1.0, doc="FocalL1's beta (Eq. 8-9)"),
-    "weight": Float(lo=0.0, doc="box-regression loss weight"),
+    # A number, or "stock": the detector's own box-loss weight (bbrctl.detection.models.box_loss_weight).
+    "weight": AnyOf(options=(Float(lo=0.0), Choice(values=(STOCK_WEIGHT,))),
+                    what="a number >= 0 or 'stock' (the detector's own box-loss weight)"),
     "seed": Int(lo=0, hi=2 ** 31 - 1),
     "runs_root": _PATH,
 }
@@ -127,6 +130,8 @@ _DETR: Keys = {
     **{k: optional(Float(lo=0.0)) for k in ("cost_class", "cost_bbox", "cost_giou", "loss_ce", "loss_bbox",
                                              "loss_giou")},
     "loss_in_matching": optional(Bool()),         # DETR*: the configured loss in the matching cost too
+    # DETR*: the configured loss replaces the GIoU term only (L1 x loss_bbox kept) or both box terms.
+    "bbr_replaces": optional(Choice(values=("giou", "giou_l1"))),
 }
 MODEL: dict[str, Keys] = {
     "retinanet": {**MODEL_COMMON, **_ANCHOR_BASE, **_ONE_STAGE,
@@ -135,8 +140,10 @@ MODEL: dict[str, Keys] = {
     "fcos": {**MODEL_COMMON, **_ONE_STAGE, "center_sampling_radius": optional(Float(lo=0.0, lo_open=True))},
     "faster_rcnn": {**MODEL_COMMON, **_RCNN},
     "mask_rcnn": {**MODEL_COMMON, **_RCNN, "mask_head_channels": Nullable(inner=_POS_INT, required=False)},
-    "atss": _DENSE,
-    "paa": {**_DENSE, "score_voting": optional(Bool()), "loss_in_assignment": optional(Bool())},
+    # reg_weighting: the detector's per-positive box-loss weight, kept for every loss (atss.py, paa.py)
+    "atss": {**_DENSE, "reg_weighting": optional(Choice(values=("centerness", "none")))},
+    "paa": {**_DENSE, "score_voting": optional(Bool()), "loss_in_assignment": optional(Bool()),
+            "reg_weighting": optional(Choice(values=("iou", "none")))},
     "detr": _DETR,
 }
 

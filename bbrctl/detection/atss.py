@@ -98,8 +98,12 @@ def centerness_targets(anchors: Tensor, gt: Tensor) -> Tensor:
 class ATSS(DenseDetector):
     """ATSS on the shared dense detector (see the module docstring for the loss)."""
 
-    def __init__(self, *args, topk: int = 9, focal_alpha: float = 0.25, focal_gamma: float = 2.0, **kwargs):
+    def __init__(self, *args, topk: int = 9, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 reg_weighting: str = "centerness", **kwargs):
         super().__init__(*args, **kwargs)
+        if reg_weighting not in ("centerness", "none"):
+            raise ValueError(f"reg_weighting={reg_weighting!r}; valid: centerness, none")
+        self.reg_weighting = reg_weighting
         self.topk = topk
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -124,6 +128,8 @@ class ATSS(DenseDetector):
         return {"classification": cls, "bbox_regression": reg, "bbox_ctrness": ctr}
 
     def box_loss(self, deltas: Tensor, anchors: Tensor, gt: Tensor, ctr_t: Tensor) -> Tensor:
+        if self.reg_weighting == "none":
+            ctr_t = torch.ones_like(ctr_t)
         denom = ctr_t.sum().clamp(min=1e-6)
         if self.bbr is None:
             giou = generalized_box_iou_loss(self.decode(deltas, anchors), gt, reduction="none")

@@ -53,11 +53,12 @@ def _dense(cfg, num_classes):
     if m["name"] == "atss":
         from bbrctl.detection.atss import ATSS
 
-        return ATSS(backbone, anchors, head, **common)
+        return ATSS(backbone, anchors, head, reg_weighting=str(m.get("reg_weighting", "centerness")), **common)
     from bbrctl.detection.paa import PAA
 
     return PAA(backbone, anchors, head, score_voting=bool(m.get("score_voting", True)),
-               loss_in_assignment=bool(m.get("loss_in_assignment", False)), **common)
+               loss_in_assignment=bool(m.get("loss_in_assignment", False)),
+               reg_weighting=str(m.get("reg_weighting", "iou")), **common)
 
 
 def build_trunk(cfg: Mapping[str, Any]):
@@ -88,4 +89,5 @@ def _detr(cfg, num_classes):
                 costs=(float(m.get("cost_class", 1.0)), float(m.get("cost_bbox", 5.0)), float(m.get("cost_giou", 2.0))),
                 weights=(float(m.get("loss_ce", 1.0)), float(m.get("loss_bbox", 5.0)), float(m.get("loss_giou", 2.0))),
                 loss_in_matching=bool(m.get("loss_in_matching", False)),
+                replaces=str(m.get("bbr_replaces", "giou")),
                 min_size=int(m["min_size"]), max_size=int(m["max_size"]))

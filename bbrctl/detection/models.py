@@ -25,6 +25,45 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
     check_model(cfg)
 
 
+# --------------------------------------------------------------------------- the loss weight
+
+# The factor each detector's own box-regression term carries in its reference code.
+# torchvision's RetinaNet (L1), FCOS (GIoU) and R-CNN (SmoothL1) terms have none (1.0);
+# ATSS's GIoU x 2.0 (sfzhang15/ATSS REG_LOSS_WEIGHT, mmdet atss config loss_weight=2.0),
+# PAA's GIoU x 1.3 (kkhoot/PAA REG_LOSS_WEIGHT, mmdet paa config loss_weight=1.3) and DETR's
+# GIoU x model.loss_giou (2) live in their modules.
+TORCHVISION_STOCK_WEIGHT = 1.0
+
+
+def stock_box_weight(cfg: Mapping[str, Any]) -> float:
+    """The detector's own box-loss weight: what ``weight=stock`` gives a configured loss."""
+    name = cfg["model"]["name"]
+    if name == "atss":
+        from bbrctl.detection.atss import STOCK_GIOU_WEIGHT
+
+        return STOCK_GIOU_WEIGHT
+    if name == "paa":
+        from bbrctl.detection.paa import STOCK_GIOU_WEIGHT
+
+        return STOCK_GIOU_WEIGHT
+    if name == "detr":
+        from bbrctl.detection.detr import stock_box_weight as detr_weight
+
+        return detr_weight(cfg["model"])
+    return TORCHVISION_STOCK_WEIGHT
+
+
+def box_loss_weight(cfg: Mapping[str, Any]) -> float:
+    """The ``weight`` a run installs: the configured number, or with ``weight=stock`` the
+    detector's own (1.0 for ``loss=baseline``, whose stock term already carries it)."""
+    from bbrctl.config.schema import STOCK_WEIGHT
+
+    w = cfg.get("weight", 1.0)
+    if w != STOCK_WEIGHT:
+        return float(w)
+    return 1.0 if cfg["loss"]["name"] == "baseline" else float(stock_box_weight(cfg))
+
+
 # --------------------------------------------------------------------------- detectors
 
 
@@ -45,7 +84,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
             from bbrctl.detection.heads import install_bbr_loss
 
             loss = cfg["loss"]
-            install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), float(cfg.get("weight", 1.0)))
+            install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), box_loss_weight(cfg))
         return model
     backbone = build_backbone(cfg)
     anchors = _anchor_generator(m)
@@ -65,7 +104,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
         from bbrctl.detection.heads import install_bbr_loss
 
         loss = cfg["loss"]
-        install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), float(cfg.get("weight", 1.0)),
+        install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), box_loss_weight(cfg),
                          loss_in_rpn=bool(m.get("loss_in_rpn", False)))
     return model
 

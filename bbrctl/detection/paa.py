@@ -33,6 +33,8 @@ rows): pair i's loss gets the factor u_i / sum(u); Focal-EIoU (Eq. 11) carries u
 per-box weight, sum(W u L) / sum(W u). The assignment keeps scoring candidates with the
 stock, unweighted GIoU unless ``model.loss_in_assignment`` is true, in which case the
 configured loss (times ``weight``) takes GIoU's place in step 2 as well.
+``model.reg_weighting=none`` drops the IoU weighting for every loss (a plain mean over
+the positives, / N_pos: bbrctl's PAA before issue 21; an ablation).
 
 **Inference**: score = sqrt(p_cls x p_iou), NMS 0.6; with ``model.score_voting`` (the
 PAA default) each kept box becomes the average of the same-class candidates weighted by
@@ -209,8 +211,11 @@ class PAA(DenseDetector):
     """PAA on the shared dense detector (see the module docstring)."""
 
     def __init__(self, *args, topk: int = 9, score_voting: bool = True, loss_in_assignment: bool = False,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, **kwargs):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, reg_weighting: str = "iou", **kwargs):
         super().__init__(*args, **kwargs)
+        if reg_weighting not in ("iou", "none"):
+            raise ValueError(f"reg_weighting={reg_weighting!r}; valid: iou, none")
+        self.reg_weighting = reg_weighting
         self.topk = topk
         self.score_voting = score_voting
         self.loss_in_assignment = loss_in_assignment
@@ -265,14 +270,18 @@ class PAA(DenseDetector):
         norm = num_pos.clamp(min=1)
         iou = IOU_PRED_WEIGHT * torch.nn.functional.binary_cross_entropy_with_logits(
             head["quality"][bi, ai].float(), iou_t, reduction="sum") / norm
-        w, den = regression_weights(iou_t)
+        if self.reg_weighting == "iou":
+            w, den = regression_weights(iou_t)
+            box_w = w
+        else:
+            w, den, box_w = torch.ones_like(iou_t), norm, None
         if self.bbr is None:
             reg = (generalized_box_iou_loss(boxes, gt_pos, reduction="none") * w).sum() / den * \
                 (STOCK_GIOU_WEIGHT * self.stock_weight)
         elif self.bbr.space == "boxes":
-            reg = self.bbr(boxes, gt_pos, w / den, box_weight=w)
+            reg = self.bbr(boxes, gt_pos, w / den, box_weight=box_w)
         else:
-            reg = self.bbr(deltas, self.encode(gt_pos, anc), w / den, box_weight=w)
+            reg = self.bbr(deltas, self.encode(gt_pos, anc), w / den, box_weight=box_w)
         return {"classification": cls, "bbox_regression": reg, "bbox_iou": iou}
 
     # ---------------------------------------------------------------- inference
