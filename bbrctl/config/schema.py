@@ -136,7 +136,9 @@ _DETR: Keys = {
 MODEL: dict[str, Keys] = {
     "retinanet": {**MODEL_COMMON, **_ANCHOR_BASE, **_ONE_STAGE,
                   "fg_iou_thresh": optional(_PROB), "bg_iou_thresh": optional(_PROB),
-                  "head_norm": optional(Choice(values=("group", "batch", "none")))},
+                  "head_norm": optional(Choice(values=("group", "batch", "none"))),
+                  # BoxCoder weights of the deltas (wx, wy, ww, wh); absent: torchvision's (1, 1, 1, 1).
+                  "box_coder_weights": optional(Nullable(inner=ListOf(item=Float(lo=0.0, lo_open=True), length=4)))},
     "fcos": {**MODEL_COMMON, **_ONE_STAGE, "center_sampling_radius": optional(Float(lo=0.0, lo_open=True))},
     "faster_rcnn": {**MODEL_COMMON, **_RCNN},
     "mask_rcnn": {**MODEL_COMMON, **_RCNN, "mask_head_channels": Nullable(inner=_POS_INT, required=False)},

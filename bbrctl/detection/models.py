@@ -128,11 +128,21 @@ def _retinanet(m, backbone, anchors, n_cls, common, extra):
     # torchvision's head always stacks 4 convs; the CPU presets keep the first few.
     head.classification_head.conv = head.classification_head.conv[:convs]
     head.regression_head.conv = head.regression_head.conv[:convs]
-    return RetinaNet(backbone, n_cls, anchor_generator=anchors, head=head,
-                     score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.5)),
-                     detections_per_img=int(m.get("detections_per_img", 100)),
-                     fg_iou_thresh=float(m.get("fg_iou_thresh", 0.5)), bg_iou_thresh=float(m.get("bg_iou_thresh", 0.4)),
-                     topk_candidates=int(m.get("topk_candidates", 1000)), **common, **extra)
+    model = RetinaNet(backbone, n_cls, anchor_generator=anchors, head=head,
+                      score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.5)),
+                      detections_per_img=int(m.get("detections_per_img", 100)),
+                      fg_iou_thresh=float(m.get("fg_iou_thresh", 0.5)), bg_iou_thresh=float(m.get("bg_iou_thresh", 0.4)),
+                      topk_candidates=int(m.get("topk_candidates", 1000)), **common, **extra)
+    weights = m.get("box_coder_weights")
+    if weights is not None:
+        # One coder for the targets (regression head) and the decoding (postprocess).
+        # (10, 10, 5, 5) is the ATSS code's RetinaNet, which the paper followed;
+        # torchvision's own is (1, 1, 1, 1).
+        from torchvision.models.detection._utils import BoxCoder
+
+        model.box_coder = BoxCoder(weights=tuple(float(w) for w in weights))
+        model.head.regression_head.box_coder = BoxCoder(weights=tuple(float(w) for w in weights))
+    return model
 
 
 def _fcos(m, backbone, anchors, n_cls, common, extra):
