@@ -114,6 +114,7 @@ _DENSE: Keys = {
     "topk": optional(Int(lo=1, hi=100)),                          # candidates per level and gt
     "head_convs": optional(Int(lo=1, hi=8)),
     "topk_candidates": optional(Int(lo=1)),
+    "head_dcn": optional(Bool()),                                 # DCNv2 in the last conv of each tower
 }
 _DETR: Keys = {
     **{k: MODEL_COMMON[k] for k in ("name", "weights_backbone", "norm", "trainable_backbone_layers", "min_size",
@@ -164,7 +165,7 @@ BACKBONE: Keys = {
     "norm": optional(Choice(values=NORMS)),
     # pool: torchvision's 7x7/2 conv + max-pool; stride4: one 7x7/4 conv; conv3x2: two 3x3/2 convs
     "stem": optional(Choice(values=("pool", "stride4", "conv3x2"))),
-    # Modulated deformable convolutions (DCNv2) in stages c2..c5 (ResNeXt-101 64x4d DCN: c3-c5).
+    # Modulated deformable convolutions (DCNv2) in stages c2..c5 (ResNeXt-101 64x4d DCN: c4-c5).
     "dcn_stages": Nullable(inner=ListOf(item=Bool(), length=4), required=False),
 }
 

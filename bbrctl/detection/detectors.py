@@ -46,6 +46,10 @@ def _dense(cfg, num_classes):
         sizes = [s * float(m.get("octave_base_scale", 8)) / 4 for s in sizes]
     anchors = AnchorGenerator(tuple((int(round(s)),) for s in sizes), ((1.0,),) * len(sizes))
     head = DenseHead(backbone.out_channels, num_classes, len(sizes), num_convs=int(m.get("head_convs", 4)))
+    if m.get("head_dcn"):
+        from bbrctl.detection.dcn import apply_dcn_to_towers
+
+        apply_dcn_to_towers([head.cls_tower, head.reg_tower])
     common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]),
                   score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.6)),
                   detections_per_img=int(m.get("detections_per_img", 100)),
