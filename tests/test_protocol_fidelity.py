@@ -69,3 +69,48 @@ def test_focal_l1_gradient_peak_moves_with_the_coder_weights():
     assert peak == pytest.approx(1 / (math.e * beta), abs=2e-3)
     err = 0.1   # anchor widths
     assert 1.0 * err < peak < 10.0 * err
+
+
+def test_table3_paper_is_one_preset_with_the_sources_protocol(monkeypatch, tmp_path):
+    monkeypatch.delenv("BBRCTL_WEIGHTS_DIR", raising=False)
+    with pytest.raises(UserError, match="BBRCTL_WEIGHTS_DIR") as e:     # weights are required: no half-applied preset
+        compose(["+experiment=table3_paper", "+detector=atss_r50"], validate=False)
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("BBRCTL_WEIGHTS_DIR", str(tmp_path))
+
+    def cfg(det):
+        return to_container(compose(["+experiment=table3_paper", f"+detector={det}", "loss=focal_eiou"], validate=False))
+
+    for det in ("faster_rcnn_r50", "retinanet_x101", "atss_r50", "paa_r50", "paper_atss_x101_dcn", "paper_paa_x101_dcn",
+                "detr_r50"):
+        c = cfg(det)
+        m = c["model"]
+        assert c["data"]["name"] == "coco" and m["norm"] == "frozen_bn" and m["trainable_backbone_layers"] == 3
+        assert m["weights_backbone"] == f"{tmp_path}/{c['backbone']['name']}.pth"
+        dcn = det.startswith("paper_")
+        assert c["schedule"]["name"] == ("paper_2x" if dcn else "detr_paper_90k" if det == "detr_r50" else "paper_90k")
+        # sfzhang15/ATSS atss_dcnv2_X_101_64x4d_FPN_2x.yaml: MIN_SIZE_RANGE_TRAIN (640, 800), 180k, steps 120k/160k
+        assert m.get("min_size_train") == ([640, 800] if dcn else None) and m["min_size"] == 800
+        assert bool(m.get("head_dcn")) is dcn
+        if dcn:
+            assert c["schedule"]["max_iter"] == 180000 and c["schedule"]["steps"] == [120000, 160000]
+            assert c["backbone"]["dcn_stages"] == [False, False, True, True]
+
+
+def test_multi_scale_training_draws_the_shorter_side_and_tests_at_min_size():
+    from bbrctl.detection.backbones import train_min_sizes
+    from bbrctl.detection.models import build_model
+
+    assert train_min_sizes({"min_size": 800, "min_size_train": [640, 800]}) == tuple(range(640, 801))
+    assert train_min_sizes({"min_size": 800}) == 800
+    over = ["model=atss", *MICRO, "model.min_size=64", "model.max_size=128", "+model.min_size_train=[48,64]"]
+    m = build_model(to_container(compose(over)), 3)
+    t = m.transform
+    t.train()
+    torch.manual_seed(0)
+    sizes = {min(t([torch.rand(3, 100, 120)])[0].image_sizes[0]) for _ in range(40)}
+    assert len(sizes) > 5 and min(sizes) >= 48 and max(sizes) <= 64
+    t.eval()
+    assert min(t([torch.rand(3, 100, 120)])[0].image_sizes[0]) == 64
+    with pytest.raises(UserError, match=r"model.min_size_train=\[48, 60\] must end at model.min_size=64"):
+        compose(["model=atss", *MICRO, "model.min_size=64", "+model.min_size_train=[48,60]"])

@@ -88,6 +88,9 @@ MODEL_COMMON: Keys = {
     "trainable_backbone_layers": optional(Int(lo=0, hi=5)),
     "min_size": _SIZE,
     "max_size": _SIZE,
+    # Multi-scale training: [lo, hi], each training image's shorter side drawn from lo..hi
+    # (hi = min_size, the test size); absent: min_size.
+    "min_size_train": optional(Nullable(inner=ListOf(item=_SIZE, length=2, increasing=True))),
     "returned_layers": ListOf(item=Int(lo=1, hi=4), min_len=1, increasing=True),
     "extra_levels": Choice(values=EXTRA_LEVELS),
     "anchor_sizes": Nullable(inner=ListOf(item=Float(lo=0.0, lo_open=True), min_len=1), required=False),
@@ -118,7 +121,7 @@ _DENSE: Keys = {
 }
 _DETR: Keys = {
     **{k: MODEL_COMMON[k] for k in ("name", "weights_backbone", "norm", "trainable_backbone_layers", "min_size",
-                                    "max_size", "score_thresh", "detections_per_img", "kwargs")},
+                                    "max_size", "min_size_train", "score_thresh", "detections_per_img", "kwargs")},
     "d_model": optional(Int(lo=8, hi=4096)),
     "nhead": optional(Int(lo=1, hi=64)),
     "enc_layers": optional(Int(lo=0, hi=24)),
@@ -405,6 +408,9 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     if m.get("weights_backbone") and m.get("norm", "group") == "group":
         raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
     _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
+    rng = m.get("min_size_train")
+    _need(rng is None or rng[1] == m["min_size"],
+          f"model.min_size_train={_show(rng)} must end at model.min_size={m['min_size']} (the test size)")
     if name == "detr":          # no pyramid, no anchors: a trunk and a transformer
         d, heads = m.get("d_model", 256), m.get("nhead", 8)
         _need(d % heads == 0 and d % 2 == 0, f"model.d_model={d} must be divisible by model.nhead={heads} (and even, for the sine positional encoding)")

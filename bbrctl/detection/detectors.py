@@ -37,7 +37,7 @@ def _dense(cfg, num_classes):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     from bbrctl.detection.dense import DenseHead
-    from bbrctl.detection.backbones import anchor_sizes, build_backbone
+    from bbrctl.detection.backbones import anchor_sizes, build_backbone, train_min_sizes
 
     m = cfg["model"]
     backbone = build_backbone(cfg)
@@ -50,7 +50,7 @@ def _dense(cfg, num_classes):
         from bbrctl.detection.dcn import apply_dcn_to_towers
 
         apply_dcn_to_towers([head.cls_tower, head.reg_tower])
-    common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]),
+    common = dict(min_size=train_min_sizes(m), max_size=int(m["max_size"]),
                   score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.6)),
                   detections_per_img=int(m.get("detections_per_img", 100)),
                   topk_candidates=int(m.get("topk_candidates", 1000)), topk=int(m.get("topk", 9)))
@@ -80,6 +80,7 @@ def build_trunk(cfg: Mapping[str, Any]):
 
 
 def _detr(cfg, num_classes):
+    from bbrctl.detection.backbones import train_min_sizes
     from bbrctl.detection.detr import DETR
 
     m = cfg["model"]
@@ -94,4 +95,4 @@ def _detr(cfg, num_classes):
                 weights=(float(m.get("loss_ce", 1.0)), float(m.get("loss_bbox", 5.0)), float(m.get("loss_giou", 2.0))),
                 loss_in_matching=bool(m.get("loss_in_matching", False)),
                 replaces=str(m.get("bbr_replaces", "giou")),
-                min_size=int(m["min_size"]), max_size=int(m["max_size"]))
+                min_size=train_min_sizes(m), max_size=int(m["max_size"]))

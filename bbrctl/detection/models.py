@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from bbrctl.detection.backbones import _anchor_generator, build_backbone, norm_layer
+from bbrctl.detection.backbones import _anchor_generator, build_backbone, norm_layer, train_min_sizes
 from bbrctl.errors import UserError
 
 
@@ -88,7 +88,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
         return model
     backbone = build_backbone(cfg)
     anchors = _anchor_generator(m)
-    common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]))
+    common = dict(min_size=train_min_sizes(m), max_size=int(m["max_size"]))
     extra_kwargs = dict(m.get("kwargs") or {})
     n_cls = int(num_classes) + 1
     if kind == "retinanet":
