@@ -97,6 +97,30 @@ def test_table3_paper_is_one_preset_with_the_sources_protocol(monkeypatch, tmp_p
             assert c["backbone"]["dcn_stages"] == [False, False, True, True]
 
 
+def test_table3_paper_sweep_expands_with_data_and_weights_and_refuses_without(monkeypatch, tmp_path):
+    from bbrctl import sweep as S
+
+    coco = tmp_path / "coco"
+    for d in ("train2017", "val2017", "annotations"):
+        (coco / d).mkdir(parents=True)
+    for split in ("train", "val"):
+        (coco / "annotations" / f"instances_{split}2017.json").write_text('{"images": [], "annotations": [], '
+                                                                          '"categories": [{"id": 1, "name": "a"}]}')
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for b in ("resnet50", "resnext101_32x4d", "resnext101_64x4d_dcn"):
+        (weights / f"{b}.pth").write_bytes(b"")
+    monkeypatch.setenv("COCO_ROOT", str(coco))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BBRCTL_WEIGHTS_DIR", raising=False)
+    with pytest.raises(UserError, match="BBRCTL_WEIGHTS_DIR"):
+        S.expand(["+experiment=table3_paper"])
+    assert not (tmp_path / "runs").exists()                 # nothing created
+    monkeypatch.setenv("BBRCTL_WEIGHTS_DIR", str(weights))
+    plan = S.expand(["+experiment=table3_paper"])
+    assert len(plan.jobs) == 33 and plan.duplicates == 11   # 11 pairs x (baseline, Focal-EIoU at 2.5 and stock)
+
+
 def test_multi_scale_training_draws_the_shorter_side_and_tests_at_min_size():
     from bbrctl.detection.backbones import train_min_sizes
     from bbrctl.detection.models import build_model
@@ -114,3 +138,28 @@ def test_multi_scale_training_draws_the_shorter_side_and_tests_at_min_size():
     assert min(t([torch.rand(3, 100, 120)])[0].image_sizes[0]) == 64
     with pytest.raises(UserError, match=r"model.min_size_train=\[48, 60\] must end at model.min_size=64"):
         compose(["model=atss", *MICRO, "model.min_size=64", "+model.min_size_train=[48,60]"])
+
+
+def test_dense_inference_thresholds_the_class_probability_and_ranks_by_sqrt_cls_times_quality():
+    """sfzhang15/ATSS and kkhoot/PAA inference.py: candidate_inds = sigmoid(cls) > thresh, then
+    the top-n by sqrt(cls x quality). Fixed head outputs: one anchor per level is the same box."""
+    from bbrctl.detection.models import build_model
+
+    cfg = to_container(compose(["model=paa", *MICRO, "model.topk_candidates=1", "model.score_voting=false"]))
+    m = build_model(cfg, 2).eval()
+    n = 16                                    # anchors of one 4x4 level
+    logit = lambda p: math.log(p / (1 - p))
+    cls = torch.full((1, n, 2), -20.0)
+    qual = torch.full((1, n), -20.0)
+    cls[0, 0, 0], qual[0, 0] = logit(0.9), logit(0.01)    # highest p_cls, sqrt(.9 x .01) = 0.095
+    cls[0, 5, 0], qual[0, 5] = logit(0.5), logit(0.9)     # sqrt(.5 x .9) = 0.67: ranked first
+    cls[0, 9, 1], qual[0, 9] = logit(0.06), logit(0.01)   # p above 0.05, final score 0.024 < 0.05: kept
+    anchors = torch.tensor([[x * 16.0, y * 16.0, x * 16.0 + 16, y * 16.0 + 16] for y in range(4) for x in range(4)])
+    head = {"cls_logits": cls, "bbox_regression": torch.zeros(1, n, 4), "quality": qual}
+    m.topk_candidates = 1
+    det = m.postprocess(head, anchors, [n], [(64, 64)])[0]
+    assert det["scores"].tolist() == pytest.approx([math.sqrt(0.5 * 0.9)], rel=1e-4)
+    m.topk_candidates = 3
+    det = m.postprocess(head, anchors, [n], [(64, 64)])[0]
+    assert sorted(det["scores"].tolist()) == pytest.approx(sorted([math.sqrt(0.06 * 0.01), math.sqrt(0.9 * 0.01),
+                                                                   math.sqrt(0.5 * 0.9)]), rel=1e-4)
