@@ -376,6 +376,7 @@ def test_table3_rows_say_the_backbone_they_ran_stock_weight_rows_and_paper_footn
     assert paper_star.labels == ("ATSS*", "ResNet-50-FPN") and paper_star.stats["AP75"].mean == 45.7   # as printed
     assert any("typo" in t for t in paper_star.notes["AP75"])
     assert any("test-dev" in t and "multi-scale testing" in t for t in row(trp, "atss_x101_dcn", "paper").notes["AP"])
+    assert any("random crops" in t for t in row(trp, "detr_r50", "paper").notes["AP"])
     md = to_markdown(trp)
     assert "resnet_tiny" in md and "probably a typo" in md and "ATSS* (stock weight)" in md
 
