@@ -36,7 +36,8 @@ except Focal-EIoU (and Focal-EIoU*), which is defined with its own normaliser, E
 
     L_Focal-EIoU = sum_i W_i * L_EIoU,i / sum_i W_i,   W_i = IoU_i ** gamma  (Eq. 10)
 
-over all positive pairs of the batch (the loss library's "weighted" reduction). Every
+over all positive pairs of the batch (the loss library's "weighted" reduction; ATSS and PAA
+pass their centerness / IoU weighting as its per-box weight w: sum W w L / sum W w). Every
 regression term is finally multiplied by the configured ``weight`` (Sec. 5.2: 1.0 for
 l_n losses, 2.5 for IoU-based ones); with ``loss=baseline`` the stock torchvision term
 is kept and only multiplied by ``weight``.
