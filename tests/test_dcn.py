@@ -51,12 +51,14 @@ def test_resnext101_64x4d_dcn_is_the_published_trunk_plus_offset_convs():
     from bbrctl.detection.backbones import build_backbone
 
     cfg = to_container(compose(["model=atss", "backbone=resnext101_64x4d_dcn"]))
-    assert cfg["backbone"]["dcn_stages"] == [False, True, True, True]
+    # sfzhang15/ATSS atss_dcnv2_X_101_64x4d_FPN_2x.yaml: STAGE_WITH_DCN (False, False, True, True)
+    assert cfg["backbone"]["dcn_stages"] == [False, False, True, True]
     body = build_backbone(cfg).body
     ref = torchvision.models.resnext101_64x4d(weights=None)
     n_ref = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("fc."))
     dcn = [m for m in body.modules() if isinstance(m, ModulatedDeformConv2d)]
-    assert len(dcn) == 4 + 23 + 3                        # every block of c3-c5
+    assert len(dcn) == 23 + 3                            # every block of c4-c5, none in c2-c3
+    assert not any(isinstance(m, ModulatedDeformConv2d) for m in (*body.layer1.modules(), *body.layer2.modules()))
     offsets = sum(p.numel() for m in dcn for p in m.conv_offset.parameters())
     assert offsets == sum(m.in_channels * 27 * 9 + 27 for m in dcn)
     n_body = sum(p.numel() for p in body.parameters())
@@ -82,3 +84,28 @@ def test_dcn_backbone_trains_in_a_detector(model):
     sum(out.values()).backward()
     offs = [p for n, p in m.named_parameters() if ".conv_offset." in n]
     assert offs and all(p.grad is not None for p in offs)
+
+
+def test_head_dcn_is_the_last_conv_of_each_tower_and_the_dcn_rows_set_it():
+    """ATSS/PAA ``USE_DCN_IN_TOWER``: the last of the NUM_CONVS tower convs is a DFConv2d
+    (modulated, bias kept), the others plain; the offsets start at zero."""
+    from bbrctl.detection.dcn import ModulatedDeformConv2d
+    from bbrctl.detection.models import build_model
+
+    for det in ("atss_x101_dcn", "paa_x101_dcn"):
+        assert to_container(compose([f"+detector={det}"]))["model"]["head_dcn"] is True
+    over = ["model=paa", "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32",
+            "model.min_size=64", "model.max_size=64", "model.head_convs=3", "model.norm=group"]
+    plain = build_model(to_container(compose(over)), 3)
+    assert not any(isinstance(m, ModulatedDeformConv2d) for m in plain.head.modules())
+    torch.manual_seed(0)
+    m = build_model(to_container(compose([*over, "+model.head_dcn=true"])), 3)
+    for tower in (m.head.cls_tower, m.head.reg_tower):
+        convs = [mod for mod in tower if isinstance(mod, (torch.nn.Conv2d, ModulatedDeformConv2d))]
+        assert len(convs) == 3 and isinstance(convs[-1], ModulatedDeformConv2d)
+        assert not any(isinstance(c, ModulatedDeformConv2d) for c in convs[:-1])
+        assert convs[-1].bias is not None and float(convs[-1].conv_offset.weight.abs().sum()) == 0.0
+    m.train()
+    t = {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])}
+    sum(m([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], [t, t]).values()).backward()
+    assert m.head.reg_tower[6].conv_offset.weight.grad is not None

@@ -95,6 +95,21 @@ def giou_plain(p, t):
     return torch.tensor(out, dtype=torch.float64)
 
 
+def eiou_plain(p, t):
+    """EIoU loss per pair, Eq. 7 of the Focal-EIoU paper, written out (float64)."""
+    out = []
+    for a, b in zip(p.double().tolist(), t.double().tolist()):
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = iw * ih
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        cw, ch = max(a[2], b[2]) - min(a[0], b[0]), max(a[3], b[3]) - min(a[1], b[1])
+        rho2 = ((a[0] + a[2] - b[0] - b[2]) / 2) ** 2 + ((a[1] + a[3] - b[1] - b[3]) / 2) ** 2
+        dw, dh = (a[2] - a[0]) - (b[2] - b[0]), (a[3] - a[1]) - (b[3] - b[1])
+        out.append(1 - inter / union + rho2 / (cw ** 2 + ch ** 2) + dw ** 2 / cw ** 2 + dh ** 2 / ch ** 2)
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def focal_plain(logits, onehot, alpha=0.25, gamma=2.0):
     """Sigmoid focal loss per element (Lin et al. Eq. 5), float64."""
     x, y = logits.double(), onehot.double()
@@ -269,9 +284,13 @@ def test_atss_loss_swap_spaces_normalisers_and_the_explicit_stock_equivalent():
     stock, targets, head, anchors, sizes, ref = _stock_equals_explicit_giou("atss", 2.0)
     d, a, g, ct = _positives(stock, head, anchors, sizes, targets)
     boxes = stock.decode(d, a)
-    # Focal-EIoU: Eq. 11 over the batch's positives (no centerness weighting), x weight.
+    # Focal-EIoU keeps ATSS's centerness weighting inside Eq. 11: sum(W ctr L) / sum(W ctr), x weight.
     fe = hooked("atss", "focal_eiou", {"gamma": 0.5}, 2.5).compute_loss(targets, head, anchors, sizes)
-    torch.testing.assert_close(fe["bbox_regression"], 2.5 * focal_eiou_loss(boxes, g, gamma=0.5))
+    u = torch.diagonal(iou_matrix(boxes.detach(), g))
+    w_fe, ctr = u ** 0.5, ct.double()
+    want = 2.5 * float((w_fe * ctr * eiou_plain(boxes.detach(), g)).sum() / (w_fe * ctr).sum())
+    assert float(fe["bbox_regression"]) == pytest.approx(want, rel=1e-5)
+    assert float(fe["bbox_regression"]) != pytest.approx(2.5 * float(focal_eiou_loss(boxes, g, gamma=0.5)), rel=1e-3)
     for k in ("classification", "bbox_ctrness"):
         torch.testing.assert_close(fe[k], ref[k])
     # An l_n loss works on the encoded deltas, weighted by ctr / sum(ctr).
@@ -410,6 +429,18 @@ def test_paa_candidates_and_selection_match_the_per_gt_loops(seed):
     assert (got >= 0).sum() > 0 and ((got >= 0) <= (cand >= 0)).all()   # positives are candidates
 
 
+def reg_unweighted(head, anchors, real, targets):
+    """The GIoU mean over positives (what bbrctl's PAA baseline was before issue 21)."""
+    total, n = 0.0, 0
+    for i, t in enumerate(targets):
+        pos = [a for a, j in enumerate(real[i].tolist()) if j >= 0]
+        if pos:
+            total += float(giou_plain(decode_plain(head["bbox_regression"][i, pos], anchors[pos]),
+                                      t["boxes"][real[i, pos]].double()).sum())
+            n += len(pos)
+    return total / max(n, 1)
+
+
 def test_paa_loss_matches_the_plain_implementation_for_a_given_assignment(monkeypatch):
     from bbrctl.detection.dense import pad_targets
 
@@ -421,7 +452,7 @@ def test_paa_loss_matches_the_plain_implementation_for_a_given_assignment(monkey
     gt, labels, valid = pad_targets(targets, "cpu")
     monkeypatch.setattr(m, "assign", lambda *a: (real, gt, labels, valid))
     got = m.compute_loss(targets, head, anchors, sizes)
-    cls, reg, iou, num_pos = 0.0, 0.0, 0.0, 0
+    cls, reg, iou, num_pos, iou_sum = 0.0, 0.0, 0.0, 0, 0.0
     for i, t in enumerate(targets):
         onehot = torch.zeros(len(anchors), NUM_CLASSES, dtype=torch.float64)
         pos = [a for a, j in enumerate(real[i].tolist()) if j >= 0]
@@ -432,12 +463,17 @@ def test_paa_loss_matches_the_plain_implementation_for_a_given_assignment(monkey
         if pos:
             g = t["boxes"][real[i, pos]].double()
             boxes = decode_plain(head["bbox_regression"][i, pos], anchors[pos])
-            reg += float(giou_plain(boxes, g).sum())
             iou_t = torch.diagonal(iou_matrix(boxes, g))
+            # mmdet PAAHead.loss_by_feat: GIoU(weight=iou.clamp(1e-12), avg_factor=iou.sum())
+            reg += float((giou_plain(boxes, g) * iou_t.clamp(min=1e-12)).sum())
+            iou_sum += float(iou_t.sum())
             x = head["quality"][i, pos].double()
             iou += float(-(iou_t * torch.log(torch.sigmoid(x)) + (1 - iou_t) * torch.log(1 - torch.sigmoid(x))).sum())
     assert float(got["classification"]) == pytest.approx(cls / max(num_pos, 2), rel=1e-5)
-    assert float(got["bbox_regression"]) == pytest.approx(1.3 * reg / num_pos, rel=1e-5)
+    # weight_reduce_loss divides by avg_factor + float32 eps
+    assert float(got["bbox_regression"]) == pytest.approx(1.3 * reg / (iou_sum + 1.1920929e-07), rel=1e-5)
+    # the weighting matters here: the unweighted mean is a different number
+    assert float(got["bbox_regression"]) != pytest.approx(1.3 * reg_unweighted(head, anchors, real, targets), rel=1e-2)
     assert float(got["bbox_iou"]) == pytest.approx(0.5 * iou / num_pos, rel=1e-5)
 
 
@@ -452,7 +488,13 @@ def test_paa_loss_swap_and_assignment_option():
     bi, ai = (matched >= 0).nonzero(as_tuple=True)
     gt = torch.cat([t["boxes"] for t in targets])[torch.tensor([0, 2])[bi] + matched[bi, ai]]
     boxes = stock.decode(head["bbox_regression"][bi, ai], anchors[ai])
-    torch.testing.assert_close(fe["bbox_regression"], 2.5 * focal_eiou_loss(boxes, gt, gamma=0.5))
+    # PAA* keeps PAA's IoU weighting inside Eq. 11: sum(W u L) / sum(W u), u = IoU(pred, gt).
+    u = torch.diagonal(iou_matrix(boxes.detach(), gt))
+    w_fe = u ** 0.5
+    l_eiou = eiou_plain(boxes.detach(), gt)
+    want = 2.5 * float((w_fe * u * l_eiou).sum() / (w_fe * u).sum())
+    assert float(fe["bbox_regression"]) == pytest.approx(want, rel=1e-5)
+    assert float(fe["bbox_regression"]) != pytest.approx(2.5 * float(focal_eiou_loss(boxes, gt, gamma=0.5)), rel=1e-3)
     # loss_in_assignment: the configured loss scores the candidates, so the assignment moves.
     moved = hooked("paa", "focal_eiou", {"gamma": 0.5}, 2.5)
     moved.loss_in_assignment = True
@@ -543,3 +585,89 @@ def test_bad_dense_config_is_a_one_line_user_error(model, override, message):
     with pytest.raises(UserError) as e:      # refused where the config is composed, before anything exists
         compose([f"model={model}", override])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_paa_iou_weighting_with_disjoint_positives_and_with_none(monkeypatch):
+    """Edge cases of the IoU-weighted regression term, as mmdet's PAAHead has them: every
+    positive disjoint from its gt (all u = 0) gives 1.3 x sum(1e-12 GIoU) / eps, finite and
+    tiny (Focal-EIoU: exactly 0); no positive gives a 0 still connected to the graph."""
+    from bbrctl.detection.dense import pad_targets
+
+    _, targets = batch()
+    for loss, params in (("baseline", {}), ("focal_eiou", {"gamma": 0.5})):
+        m = hooked("paa", loss, params, 1.0 if loss == "baseline" else 2.5)
+        head, anchors, sizes = _outputs(m, targets)
+        head = {k: v.clone().requires_grad_(True) for k, v in head.items()}
+        gt, labels, valid = pad_targets(targets, "cpu")
+        matched = torch.full((2, anchors.shape[0]), -1)
+        matched[0, 0] = 0
+        with torch.no_grad():
+            head["bbox_regression"][0, 0] = torch.tensor([60.0, 60.0, 0.0, 0.0])   # 6 anchor sides away
+        monkeypatch.setattr(m, "assign", lambda *a: (matched, gt, labels, valid))
+        reg = m.compute_loss(targets, head, anchors, sizes)["bbox_regression"]
+        box = decode_plain(head["bbox_regression"][0, :1].detach(), anchors[:1])
+        assert float(torch.diagonal(iou_matrix(box, gt[0, :1]))[0]) == 0.0
+        want = 1.3 * 1e-12 * float(giou_plain(box, gt[0, :1].double())[0]) / 1.1920929e-07 if loss == "baseline" else 0.0
+        assert float(reg.detach()) == pytest.approx(want, rel=1e-4, abs=1e-12)
+        reg.backward()
+        assert torch.isfinite(head["bbox_regression"].grad).all()
+        none = torch.full_like(matched, -1)
+        monkeypatch.setattr(m, "assign", lambda *a: (none, gt, labels, valid))
+        out = m.compute_loss(targets, head, anchors, sizes)["bbox_regression"]
+        assert float(out.detach()) == 0.0 and out.requires_grad
+
+
+def test_reg_weighting_none_is_the_plain_mean_and_changes_the_signature():
+    from bbrctl.config import signature
+    from bbrctl.detection.dense import pad_targets
+
+    _, targets = batch()
+    for name in ("atss", "paa"):
+        m = hooked(name)
+        m.reg_weighting = "none"
+        head, anchors, sizes = _outputs(m, targets)
+        if name == "paa":
+            matched = m.assign(targets, head, anchors, sizes)[0]
+        else:
+            from bbrctl.detection.atss import atss_assign
+
+            gt_, _, valid_ = pad_targets(targets, "cpu")
+            matched = atss_assign(anchors, sizes, gt_, valid_)
+        got = m.compute_loss(targets, head, anchors, sizes)["bbox_regression"]
+        want = (2.0 if name == "atss" else 1.3) * reg_unweighted(head, anchors, matched, targets)
+        assert float(got) == pytest.approx(want, rel=1e-5), name
+    base = _cfg("paa")
+    off = to_container(compose(["model=paa", *MICRO, "model.reg_weighting=none"]))
+    assert signature(base) != signature(off)
+    with pytest.raises(UserError, match=r"model.reg_weighting='centerness' is not valid: must be one of iou, none"):
+        compose(["model=paa", *MICRO, "model.reg_weighting=centerness"])
+
+
+@pytest.mark.parametrize("model, stock", [("atss", 2.0), ("paa", 1.3), ("retinanet", 1.0), ("faster_rcnn", 1.0),
+                                          ("fcos", 1.0), ("detr", 2.0)])
+def test_weight_stock_is_the_detectors_own_box_weight(model, stock):
+    from bbrctl.config import signature
+    from bbrctl.detection.models import box_loss_weight
+
+    extra = ["model.anchor_sizes=[32,64,128,256,512]"] if model == "fcos" else []
+    fe = to_container(compose([f"model={model}", "loss=focal_eiou", "+weighting=stock", *extra]))
+    assert fe["weight"] == "stock" and box_loss_weight(fe) == stock
+    assert box_loss_weight(to_container(compose([f"model={model}", "loss=focal_eiou", "+weighting=paper", *extra]))) == 2.5
+    # baseline at its stock weight is the baseline: weight 1, one signature
+    b_stock = to_container(compose([f"model={model}", "loss=baseline", "+weighting=stock", *extra]))
+    b_one = to_container(compose([f"model={model}", "loss=baseline", *extra]))
+    assert box_loss_weight(b_stock) == 1.0 and signature(b_stock) == signature(b_one)
+
+
+def test_weight_stock_installs_the_stock_weight_in_atss():
+    from bbrctl.detection.models import build_model
+
+    cfg = to_container(compose(["model=atss", *MICRO, "loss=giou", "weight=stock"]))
+    torch.manual_seed(0)
+    m = build_model(cfg, NUM_CLASSES)
+    assert m.bbr.weight == 2.0      # loss=giou weight=stock is ATSS's stock term
+    _, targets = batch()
+    head, anchors, sizes = _outputs(m, targets)
+    ref = hooked("atss").compute_loss(targets, head, anchors, sizes)
+    torch.testing.assert_close(m.compute_loss(targets, head, anchors, sizes)["bbox_regression"],
+                               ref["bbox_regression"], rtol=1e-5, atol=1e-6)

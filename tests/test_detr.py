@@ -204,6 +204,30 @@ def test_detr_star_swaps_only_the_giou_term():
     torch.testing.assert_close(base["bbox_regression"], 2.5 * ref["bbox_regression"])
 
 
+def test_detr_star_reading_giou_l1_drops_the_l1_term_and_the_config_key_builds_it():
+    from bbrctl.detection.models import build_model, box_loss_weight
+    from bbrctl.losses import focal_eiou_loss
+
+    logits, boxes, targets, sizes = problem(1)
+    ref = hooked().compute_loss(logits, boxes, targets, sizes)
+    giou_only = hooked("focal_eiou", {"gamma": 0.5}, 2.5).compute_loss(logits, boxes, targets, sizes)
+    both = hooked("focal_eiou", {"gamma": 0.5}, 2.5, replaces="giou_l1").compute_loss(logits, boxes, targets, sizes)
+    pairs = _matched(logits, boxes, targets, sizes)
+    want = sum(2.5 * focal_eiou_loss(xyxy(p) * s, xyxy(g) * s, gamma=0.5) for p, g, s in pairs)
+    torch.testing.assert_close(both["bbox_regression"], want)
+    assert float(both["bbox_l1"]) == 0.0 and float(giou_only["bbox_l1"]) == pytest.approx(float(ref["bbox_l1"]))
+    torch.testing.assert_close(both["classification"], ref["classification"])
+    # the stock loss keeps L1 whatever the reading
+    stock_both = hooked(replaces="giou_l1").compute_loss(logits, boxes, targets, sizes)
+    torch.testing.assert_close(stock_both["bbox_l1"], ref["bbox_l1"])
+    cfg = to_container(compose([*MICRO, "+model.bbr_replaces=giou_l1", "loss=focal_eiou", "weight=stock"]))
+    assert build_model(cfg, K).replaces == "giou_l1"
+    assert box_loss_weight(cfg) == 2.0                      # DETR's loss_giou
+    assert build_model(to_container(compose(MICRO)), K).replaces == "giou"
+    with pytest.raises(UserError, match=r"model.bbr_replaces='l1' is not valid: must be one of giou, giou_l1"):
+        compose([*MICRO, "+model.bbr_replaces=l1"])
+
+
 def test_loss_in_matching_replaces_the_giou_cost():
     from bbrctl.detection.detr import HungarianMatcher
 

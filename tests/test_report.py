@@ -71,8 +71,8 @@ def test_shipped_definitions_load_and_table1_has_the_papers_eight_methods():
     assert t1.columns == ("AP", "AP50", "AP75", "APs", "APm", "APl")
     t3 = definitions.load("table", "3")
     assert t3.label_columns == ("Method", "Backbone")
-    assert len(t3.rows) == 22 and not any(r.paper_only for r in t3.rows)   # every paper row is runnable
-    assert {r.labels[0].rstrip("*") for r in t3.rows} == {"Faster R-CNN", "Mask R-CNN", "RetinaNet", "ATSS", "PAA", "DETR"}
+    assert len(t3.rows) == 33 and not any(r.paper_only for r in t3.rows)   # every paper row is runnable (+ 11 stock-weight rows)
+    assert {r.labels[0].removesuffix(" (stock weight)").rstrip("*") for r in t3.rows} == {"Faster R-CNN", "Mask R-CNN", "RetinaNet", "ATSS", "PAA", "DETR"}
     # Each starred row compares against its own detector and backbone.
     assert definitions.load("table", "3").rows[1].baseline == "faster_rcnn_r50"
 
@@ -82,6 +82,9 @@ def test_every_table_row_has_published_numbers_and_the_paper_values_are_exact():
     for key in ("1", "2", "3"):
         d = definitions.load("table", key)
         for r in d.rows:
+            if r.paper is None:         # rows the paper has not (Table 3's stock-weight rows)
+                assert r.id.endswith("_stock_weight")
+                continue
             prow = tabs[d.paper].rows[r.paper]
             assert prow.labels == r.labels
             assert set(prow.values) == set(d.columns)
@@ -338,7 +341,8 @@ def test_table3_cpu_runs_fill_every_detectors_rows(tmp_path):
     tr = build_table(d, collect(tmp_path))
     done = [r.id for r in tr.rows if r.state == "done"]
     assert len(done) == 12 and all(r.endswith(("_r50", "_r50_star")) for r in done)
-    assert {r.id for r in tr.rows if r.state == "missing"} == {r.id for r in d.rows if "x101" in r.id}
+    assert {r.id for r in tr.rows if r.state == "missing"} == {r.id for r in d.rows if "x101" in r.id
+                                                                or r.id.endswith("_stock_weight")}
     assert row(tr, "detr_r50_star").delta[0] == pytest.approx(1.0 + 5)
     assert row(tr, "atss_r50_star").delta[0] == pytest.approx(1.0 + 3)
     assert tr.setting["backbone.name"] == "resnet_tiny" and tr.setting["schedule.name"] == "per row"
@@ -348,6 +352,33 @@ def test_table3_cpu_runs_fill_every_detectors_rows(tmp_path):
     assert [r.source for r in atss] == ["ours", "paper"] and atss[1].stats["AP"].mean == 39.1
     assert row(trp, "atss_r50_star", "paper").delta[0] == pytest.approx(0.6)
     assert row(trp, "detr_r50", "ours").stats["AP"].mean == 25.0
+
+
+def test_table3_rows_say_the_backbone_they_ran_stock_weight_rows_and_paper_footnotes(tmp_path):
+    from bbrctl.report.render import to_markdown
+
+    for model in ("atss", "paa"):
+        for loss, weight, ap in (("baseline", 1.0, 20.0), ("focal_eiou", 2.5, 24.0), ("focal_eiou", "stock", 21.5)):
+            make_run(tmp_path, make_config(loss, sweep="table3", model__name=model, backbone__name="resnet_tiny",
+                                           weight=weight), ap=ap)
+    make_run(tmp_path, make_config("baseline", sweep="table3", model__name="paa", backbone__name="resnet50"), ap=40.0)
+    d = definitions.load("table", "3")
+    tr = build_table(d, collect(tmp_path), where={"backbone.name": "resnet_tiny"})
+    assert row(tr, "atss_r50").labels == ("ATSS", "resnet_tiny")           # not ResNet-50-FPN
+    assert row(tr, "paa_r50_star_stock_weight").labels == ("PAA* (stock weight)", "resnet_tiny")
+    assert row(tr, "paa_r50_star_stock_weight").delta[0] == pytest.approx(1.5)   # the loss alone
+    assert row(tr, "paa_r50_star").delta[0] == pytest.approx(4.0)                # loss + heavier box term
+    assert row(tr, "atss_x101_dcn").labels == ("ATSS", "ResNeXt-64x4d-101-DCN")  # no run: the definition's label
+    r50 = build_table(d, collect(tmp_path), where={"backbone.name": "resnet50"})
+    assert row(r50, "paa_r50").labels == ("PAA", "ResNet-50-FPN")                # the paper's backbone: unchanged
+    trp = build_table(d, collect(tmp_path), paper=True, where={"backbone.name": "resnet_tiny"})
+    paper_star = row(trp, "atss_r50_star", "paper")
+    assert paper_star.labels == ("ATSS*", "ResNet-50-FPN") and paper_star.stats["AP75"].mean == 45.7   # as printed
+    assert any("typo" in t for t in paper_star.notes["AP75"])
+    assert any("test-dev" in t and "multi-scale testing" in t for t in row(trp, "atss_x101_dcn", "paper").notes["AP"])
+    assert any("random crops" in t for t in row(trp, "detr_r50", "paper").notes["AP"])
+    md = to_markdown(trp)
+    assert "resnet_tiny" in md and "probably a typo" in md and "ATSS* (stock weight)" in md
 
 
 # --------------------------------------------------------------------------- the command

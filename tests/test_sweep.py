@@ -153,7 +153,11 @@ def test_table1_uses_the_papers_weights_and_defaults(in_tmp):
 def test_table3_runs_the_six_detectors_on_their_paper_backbones(in_tmp):
     plan = S.expand(["+experiment=table3"])
     combos = {(c["model"]["name"], c["backbone"]["name"], c["loss"]["name"]) for c in (j.config for j in plan.jobs)}
-    assert len(plan.jobs) == 22 and len(combos) == 22
+    # baseline, Focal-EIoU at 2.5 and at the detector's stock weight (baseline x stock merged)
+    assert len(plan.jobs) == 33 and len(combos) == 22 and plan.duplicates == 11
+    weights = {(c["model"]["name"], c["backbone"]["name"], c["loss"]["name"], c["weight"]) for c in (j.config for j in plan.jobs)}
+    assert {(m, b, w) for m, b, loss, w in weights if loss == "focal_eiou"} == {(m, b, w) for m, b, _ in combos
+                                                                                for w in (2.5, "stock")}
     pairs = {(m, b) for m, b, _ in combos}
     assert pairs == {(m, b) for m in ("faster_rcnn", "mask_rcnn", "retinanet") for b in ("resnet50", "resnext101_32x4d")} | \
         {(m, b) for m in ("atss", "paa") for b in ("resnet50", "resnext101_64x4d_dcn")} | {("detr", "resnet50")}
@@ -163,11 +167,13 @@ def test_table3_runs_the_six_detectors_on_their_paper_backbones(in_tmp):
     assert by[("atss", "baseline")]["schedule"]["name"] == "cpu_small"
     # One backbone on the command line collapses the pairs: 6 detectors x 2 losses.
     cpu = S.expand(["+experiment=table3", "backbone=resnet_tiny"])
-    assert len(cpu.jobs) == 12 and {j.config["backbone"]["name"] for j in cpu.jobs} == {"resnet_tiny"}
+    assert len(cpu.jobs) == 18 and {j.config["backbone"]["name"] for j in cpu.jobs} == {"resnet_tiny"}
     assert len({j.config["model"]["name"] for j in cpu.jobs}) == 6
     embedded = S.expand(["+experiment=table3_cpu"])
-    cfgs = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in embedded.jobs}
-    assert len(embedded.jobs) == 12 and {m for m, _ in cfgs} == {m for m, _, _ in combos}
+    cfgs = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in embedded.jobs
+            if j.config["weight"] != "stock"}
+    assert len(embedded.jobs) == 18 and {m for m, _ in cfgs} == {m for m, _, _ in combos}
+    assert sum(j.config["weight"] == "stock" for j in embedded.jobs) == 6
     assert {c["backbone"]["name"] for c in cfgs.values()} == {"resnet_tiny"}
     assert cfgs[("mask_rcnn", "baseline")]["model"]["box_batch_size_per_image"] == 128
     assert cfgs[("detr", "focal_eiou")]["schedule"]["name"] == "detr_cpu_small"

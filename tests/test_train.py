@@ -114,6 +114,7 @@ def test_train_writes_a_complete_run_directory(model, tmp_path, capsys):
     ("model.anchor_sizes=[8,16]", "one positive size per pyramid level"),
     ("data.image_size=8", "data.image_size"),
     ("gamma=-1", "gamma"),
+    ("weight=heavy", "weight='heavy' is not valid: must be a number >= 0 or 'stock' (the detector's own box-loss weight)"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(override, message, tmp_path, capsys):
     root = tmp_path / "runs"

@@ -63,7 +63,11 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
         if resolve:
             OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
-        raise UserError(one_line(f"config does not resolve: {e}")) from None
+        hint = ""
+        if "Environment variable" in str(e):
+            # e.g. +experiment=table3_paper reads $BBRCTL_WEIGHTS_DIR: a required setting, not a bug
+            hint = "; set that environment variable (a preset that reads it needs it)"
+        raise UserError(one_line(f"config does not resolve: {e}{hint}")) from None
     if validate:
         schema.validate(to_container(cfg))
     return cfg

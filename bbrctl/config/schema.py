@@ -31,6 +31,7 @@ from bbrctl import extras
 from bbrctl.errors import UserError
 
 INV_E = 1.0 / math.e
+STOCK_WEIGHT = "stock"    # weight=stock: a loss at the detector's own box-loss weight
 
 # Data sets that bbrctl generates (bbrctl/detection/synth.py); every other data.name is a
 # COCO-format dataset read from disk, identified by that name in signatures.
@@ -53,7 +54,9 @@ _PROB = Float(lo=0.0, hi=1.0)
 TOP: Keys = {
     "gamma": Float(lo=0.0, doc="Focal-EIoU's gamma (Eq. 10)"),
     "beta": Float(lo=INV_E, hi=1.0, doc="FocalL1's beta (Eq. 8-9)"),
-    "weight": Float(lo=0.0, doc="box-regression loss weight"),
+    # A number, or "stock": the detector's own box-loss weight (bbrctl.detection.models.box_loss_weight).
+    "weight": AnyOf(options=(Float(lo=0.0), Choice(values=(STOCK_WEIGHT,))),
+                    what="a number >= 0 or 'stock' (the detector's own box-loss weight)"),
     "seed": Int(lo=0, hi=2 ** 31 - 1),
     "runs_root": _PATH,
 }
@@ -86,6 +89,9 @@ MODEL_COMMON: Keys = {
     "trainable_backbone_layers": optional(Int(lo=0, hi=5)),
     "min_size": _SIZE,
     "max_size": _SIZE,
+    # Multi-scale training: [lo, hi], each training image's shorter side drawn from lo..hi
+    # (hi = min_size, the test size); absent: min_size.
+    "min_size_train": optional(Nullable(inner=ListOf(item=_SIZE, length=2, increasing=True))),
     "returned_layers": ListOf(item=Int(lo=1, hi=4), min_len=1, increasing=True),
     "extra_levels": Choice(values=EXTRA_LEVELS),
     "anchor_sizes": Nullable(inner=ListOf(item=Float(lo=0.0, lo_open=True), min_len=1), required=False),
@@ -112,10 +118,11 @@ _DENSE: Keys = {
     "topk": optional(Int(lo=1, hi=100)),                          # candidates per level and gt
     "head_convs": optional(Int(lo=1, hi=8)),
     "topk_candidates": optional(Int(lo=1)),
+    "head_dcn": optional(Bool()),                                 # DCNv2 in the last conv of each tower
 }
 _DETR: Keys = {
     **{k: MODEL_COMMON[k] for k in ("name", "weights_backbone", "norm", "trainable_backbone_layers", "min_size",
-                                    "max_size", "score_thresh", "detections_per_img", "kwargs")},
+                                    "max_size", "min_size_train", "score_thresh", "detections_per_img", "kwargs")},
     "d_model": optional(Int(lo=8, hi=4096)),
     "nhead": optional(Int(lo=1, hi=64)),
     "enc_layers": optional(Int(lo=0, hi=24)),
@@ -128,16 +135,22 @@ _DETR: Keys = {
     **{k: optional(Float(lo=0.0)) for k in ("cost_class", "cost_bbox", "cost_giou", "loss_ce", "loss_bbox",
                                              "loss_giou")},
     "loss_in_matching": optional(Bool()),         # DETR*: the configured loss in the matching cost too
+    # DETR*: the configured loss replaces the GIoU term only (L1 x loss_bbox kept) or both box terms.
+    "bbr_replaces": optional(Choice(values=("giou", "giou_l1"))),
 }
 MODEL: dict[str, Keys] = {
     "retinanet": {**MODEL_COMMON, **_ANCHOR_BASE, **_ONE_STAGE,
                   "fg_iou_thresh": optional(_PROB), "bg_iou_thresh": optional(_PROB),
-                  "head_norm": optional(Choice(values=("group", "batch", "none")))},
+                  "head_norm": optional(Choice(values=("group", "batch", "none"))),
+                  # BoxCoder weights of the deltas (wx, wy, ww, wh); absent: torchvision's (1, 1, 1, 1).
+                  "box_coder_weights": optional(Nullable(inner=ListOf(item=Float(lo=0.0, lo_open=True), length=4)))},
     "fcos": {**MODEL_COMMON, **_ONE_STAGE, "center_sampling_radius": optional(Float(lo=0.0, lo_open=True))},
     "faster_rcnn": {**MODEL_COMMON, **_RCNN},
     "mask_rcnn": {**MODEL_COMMON, **_RCNN, "mask_head_channels": Nullable(inner=_POS_INT, required=False)},
-    "atss": _DENSE,
-    "paa": {**_DENSE, "score_voting": optional(Bool()), "loss_in_assignment": optional(Bool())},
+    # reg_weighting: the detector's per-positive box-loss weight, kept for every loss (atss.py, paa.py)
+    "atss": {**_DENSE, "reg_weighting": optional(Choice(values=("centerness", "none")))},
+    "paa": {**_DENSE, "score_voting": optional(Bool()), "loss_in_assignment": optional(Bool()),
+            "reg_weighting": optional(Choice(values=("iou", "none")))},
     "detr": _DETR,
 }
 
@@ -156,7 +169,7 @@ BACKBONE: Keys = {
     "norm": optional(Choice(values=NORMS)),
     # pool: torchvision's 7x7/2 conv + max-pool; stride4: one 7x7/4 conv; conv3x2: two 3x3/2 convs
     "stem": optional(Choice(values=("pool", "stride4", "conv3x2"))),
-    # Modulated deformable convolutions (DCNv2) in stages c2..c5 (ResNeXt-101 64x4d DCN: c3-c5).
+    # Modulated deformable convolutions (DCNv2) in stages c2..c5 (ResNeXt-101 64x4d DCN: c4-c5).
     "dcn_stages": Nullable(inner=ListOf(item=Bool(), length=4), required=False),
 }
 
@@ -399,6 +412,9 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     if m.get("weights_backbone") and m.get("norm", "group") == "group":
         raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
     _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
+    rng = m.get("min_size_train")
+    _need(rng is None or rng[1] == m["min_size"],
+          f"model.min_size_train={_show(rng)} must end at model.min_size={m['min_size']} (the test size)")
     if name == "detr":          # no pyramid, no anchors: a trunk and a transformer
         d, heads = m.get("d_model", 256), m.get("nhead", 8)
         _need(d % heads == 0 and d % 2 == 0, f"model.d_model={d} must be divisible by model.nhead={heads} (and even, for the sine positional encoding)")

@@ -68,8 +68,16 @@ def _plain(cfg: Any) -> dict:
 
 
 def result_view(cfg: Any) -> dict:
-    """The part of a resolved config that determines a job's results, machine-independent."""
+    """The part of a resolved config that determines a job's results, machine-independent.
+
+    ``loss=baseline weight=stock`` is ``weight=1`` (the stock term at its own weight), so
+    both get one signature and a sweep crossing losses with ``+weighting=paper,stock``
+    runs the baseline once.
+    """
     view = _drop(_plain(cfg), NON_RESULT_KEYS)
+    loss = view.get("loss")
+    if view.get("weight") == "stock" and isinstance(loss, dict) and loss.get("name") == "baseline":
+        view["weight"] = 1.0
     for dotted in PORTABLE_KEYS:
         *parents, leaf = dotted.split(".")
         node: Any = view

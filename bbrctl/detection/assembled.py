@@ -27,7 +27,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class AssembledDetector(nn.Module):
-    def __init__(self, *, min_size: int, max_size: int):
+    def __init__(self, *, min_size: int | tuple[int, ...], max_size: int):
         super().__init__()
         self.transform = GeneralizedRCNNTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
         self.bbr = None            # a heads.BoxRegressionLoss, or None for the stock loss

@@ -26,8 +26,14 @@ in the batch (at least 1):
 
 **Configured loss** (``loss=<name>``) replaces the regression term only, in the space the
 loss declares (decoded xyxy boxes or encoded deltas) and with ATSS's own normaliser:
-pair i gets the factor ctr_i / sum(ctr) (the stock weighting); Focal-EIoU and
-Focal-EIoU* use their own Eq. 11 normaliser over the batch's positive pairs instead.
+pair i gets the factor ctr_i / sum(ctr) (the stock weighting). Focal-EIoU and
+Focal-EIoU* keep that weighting inside their own Eq. 11 normaliser: the centerness
+target is the per-box weight w_i of the loss library's "weighted" reduction, so the term
+is sum_i W_i ctr_i L_i / sum_i W_i ctr_i over the batch's positives (W_i = IoU_i^gamma,
+detached), which is the stock rule with W_i = 1. The reference code (sfzhang15/ATSS
+``atss_core/modeling/rpn/atss/loss.py``) divides by the batch's centerness sum without
+a floor; mmdet's ``ATSSHead`` clamps it to >= 1; bbrctl floors it at 1e-6 (the
+reference's rule wherever the sum is not tiny).
 Every regression term is multiplied by the configured ``weight``; the stock one keeps its
 2.0 on top (``loss=baseline weight=1`` is the stock loss).
 """
@@ -92,8 +98,12 @@ def centerness_targets(anchors: Tensor, gt: Tensor) -> Tensor:
 class ATSS(DenseDetector):
     """ATSS on the shared dense detector (see the module docstring for the loss)."""
 
-    def __init__(self, *args, topk: int = 9, focal_alpha: float = 0.25, focal_gamma: float = 2.0, **kwargs):
+    def __init__(self, *args, topk: int = 9, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 reg_weighting: str = "centerness", **kwargs):
         super().__init__(*args, **kwargs)
+        if reg_weighting not in ("centerness", "none"):
+            raise ValueError(f"reg_weighting={reg_weighting!r}; valid: centerness, none")
+        self.reg_weighting = reg_weighting
         self.topk = topk
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -118,6 +128,8 @@ class ATSS(DenseDetector):
         return {"classification": cls, "bbox_regression": reg, "bbox_ctrness": ctr}
 
     def box_loss(self, deltas: Tensor, anchors: Tensor, gt: Tensor, ctr_t: Tensor) -> Tensor:
+        if self.reg_weighting == "none":
+            ctr_t = torch.ones_like(ctr_t)
         denom = ctr_t.sum().clamp(min=1e-6)
         if self.bbr is None:
             giou = generalized_box_iou_loss(self.decode(deltas, anchors), gt, reduction="none")
@@ -126,4 +138,4 @@ class ATSS(DenseDetector):
             pred, target = self.decode(deltas, anchors), gt
         else:
             pred, target = deltas, self.encode(gt, anchors)
-        return self.bbr(pred, target, ctr_t / denom)
+        return self.bbr(pred, target, ctr_t / denom, box_weight=ctr_t)

@@ -186,3 +186,14 @@ def _anchor_generator(m: Mapping[str, Any]):
     sizes = tuple(tuple(int(round(s * 2 ** (k / n))) for k in range(n)) for s in anchor_sizes(m))
     ratios = (tuple(float(r) for r in m["aspect_ratios"]),) * len(sizes)
     return AnchorGenerator(sizes, ratios)
+
+
+def train_min_sizes(m: Mapping[str, Any]) -> int | tuple[int, ...]:
+    """``min_size`` for torchvision's ``GeneralizedRCNNTransform``: ``model.min_size``, or with
+    ``model.min_size_train: [lo, hi]`` every integer in [lo, hi] (hi = min_size, the test
+    size: the transform tests at the last entry and draws one per training image), as
+    maskrcnn-benchmark's ``INPUT.MIN_SIZE_RANGE_TRAIN`` (the ATSS/PAA 2x recipes: 640-800)."""
+    rng = m.get("min_size_train")
+    if rng is None:
+        return int(m["min_size"])
+    return tuple(range(int(rng[0]), int(rng[1]) + 1))

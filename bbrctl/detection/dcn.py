@@ -1,8 +1,12 @@
 """Modulated deformable convolution (DCNv2) in ResNet stages, for ``backbone.dcn_stages``.
 
-The paper's strongest ATSS/PAA rows use ResNeXt-101 64x4d "DCN": the 3x3 convolution of
-every bottleneck in stages c3-c5 becomes a modulated deformable convolution (Zhu et al.,
-DCNv2): a zero-initialised 3x3 convolution predicts, per output location, 2 offsets and
+The paper's strongest ATSS/PAA rows use ResNeXt-101 64x4d "DCN". In the code that produced
+them (sfzhang15/ATSS ``configs/atss/atss_dcnv2_X_101_64x4d_FPN_2x.yaml``:
+``STAGE_WITH_DCN: (False, False, True, True)``, ``USE_DCN_IN_TOWER: True``; kkhoot/PAA, whose
+README says the same), the 3x3 convolution of every bottleneck in stages c4-c5 (ResNeXt;
+their ResNets use c3-c5) and the last convolution of each head tower
+(:func:`apply_dcn_to_towers`, ``model.head_dcn``) are modulated deformable convolutions
+(Zhu et al., DCNv2): a zero-initialised 3x3 convolution predicts, per output location, 2 offsets and
 one sigmoid mask per kernel tap (one offset group), and
 ``torchvision.ops.deform_conv2d`` samples the input there. At initialisation the offsets
 are 0 and the masks 0.5, i.e. the layer is its plain convolution scaled by a half, as in
@@ -72,4 +76,18 @@ def apply_dcn(net: nn.Module, stages: Sequence[Any] | None) -> int:
             if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
                 block.conv2 = ModulatedDeformConv2d.from_conv(conv)
                 n += 1
+    return n
+
+
+def apply_dcn_to_towers(towers: Sequence[nn.Sequential]) -> int:
+    """Make the last 3x3 convolution of each head tower deformable (ATSS's and PAA's
+    ``USE_DCN_IN_TOWER``), keeping its weight and bias; returns how many were converted.
+
+    Call it after the head's own initialisation, so the offset predictor stays zero."""
+    n = 0
+    for tower in towers:
+        idx = [i for i, mod in enumerate(tower) if isinstance(mod, nn.Conv2d) and mod.kernel_size == (3, 3)]
+        if idx:
+            tower[idx[-1]] = ModulatedDeformConv2d.from_conv(tower[idx[-1]])
+            n += 1
     return n

@@ -16,10 +16,11 @@ scalar per pyramid level (``Scale``, initialised to 1). Weights ~ N(0, 0.01).
 Boxes are encoded by ``BoxCoder(weights=(10, 10, 5, 5))``: deltas divided by the stds
 (0.1, 0.1, 0.2, 0.2) of the reference implementations.
 
-Inference (both detectors): per level, the ``topk_candidates`` best class scores above
-``score_thresh`` (on the classification probability); the final score is
-sqrt(p_cls x p_quality), as in ATSS's and PAA's reference code; class-wise NMS at
-``nms_thresh``; the best ``detections_per_img``. PAA may vote boxes (``score_voting``).
+Inference (both detectors), as the reference codes (sfzhang15/ATSS and kkhoot/PAA
+``inference.py``): per level, the candidates whose classification probability exceeds
+``score_thresh``, ranked by the final score sqrt(p_cls x p_quality) and cut to the
+``topk_candidates`` best; class-wise NMS at ``nms_thresh``; the best ``detections_per_img``.
+mmdet's PAAHead thresholds sqrt(p_cls x p_iou) instead. PAA may vote boxes (``score_voting``).
 """
 
 from __future__ import annotations
@@ -143,14 +144,14 @@ class DenseDetector(AssembledDetector):
                 prob = torch.sigmoid(logits).flatten()
                 keep = prob > self.score_thresh
                 idx = torch.where(keep)[0]
-                top = det_utils._topk_min(idx, self.topk_candidates, 0)
-                p, order = prob[idx].topk(top)
-                idx = idx[order]
                 a = torch.div(idx, k, rounding_mode="floor")
-                quality = torch.sigmoid(head["quality"][i, sl][a])
+                score = torch.sqrt(prob[idx] * torch.sigmoid(head["quality"][i, sl][a]))
+                top = det_utils._topk_min(idx, self.topk_candidates, 0)
+                score, order = score.topk(top)
+                idx, a = idx[order], a[order]
                 b = self.decode(head["bbox_regression"][i, sl][a], anchors[sl][a])
                 boxes.append(box_ops.clip_boxes_to_image(b, shape))
-                scores.append(torch.sqrt(p * quality))
+                scores.append(score)
                 labels.append(idx % k)
             boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]

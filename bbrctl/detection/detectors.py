@@ -37,7 +37,7 @@ def _dense(cfg, num_classes):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     from bbrctl.detection.dense import DenseHead
-    from bbrctl.detection.backbones import anchor_sizes, build_backbone
+    from bbrctl.detection.backbones import anchor_sizes, build_backbone, train_min_sizes
 
     m = cfg["model"]
     backbone = build_backbone(cfg)
@@ -46,18 +46,23 @@ def _dense(cfg, num_classes):
         sizes = [s * float(m.get("octave_base_scale", 8)) / 4 for s in sizes]
     anchors = AnchorGenerator(tuple((int(round(s)),) for s in sizes), ((1.0,),) * len(sizes))
     head = DenseHead(backbone.out_channels, num_classes, len(sizes), num_convs=int(m.get("head_convs", 4)))
-    common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]),
+    if m.get("head_dcn"):
+        from bbrctl.detection.dcn import apply_dcn_to_towers
+
+        apply_dcn_to_towers([head.cls_tower, head.reg_tower])
+    common = dict(min_size=train_min_sizes(m), max_size=int(m["max_size"]),
                   score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.6)),
                   detections_per_img=int(m.get("detections_per_img", 100)),
                   topk_candidates=int(m.get("topk_candidates", 1000)), topk=int(m.get("topk", 9)))
     if m["name"] == "atss":
         from bbrctl.detection.atss import ATSS
 
-        return ATSS(backbone, anchors, head, **common)
+        return ATSS(backbone, anchors, head, reg_weighting=str(m.get("reg_weighting", "centerness")), **common)
     from bbrctl.detection.paa import PAA
 
     return PAA(backbone, anchors, head, score_voting=bool(m.get("score_voting", True)),
-               loss_in_assignment=bool(m.get("loss_in_assignment", False)), **common)
+               loss_in_assignment=bool(m.get("loss_in_assignment", False)),
+               reg_weighting=str(m.get("reg_weighting", "iou")), **common)
 
 
 def build_trunk(cfg: Mapping[str, Any]):
@@ -75,6 +80,7 @@ def build_trunk(cfg: Mapping[str, Any]):
 
 
 def _detr(cfg, num_classes):
+    from bbrctl.detection.backbones import train_min_sizes
     from bbrctl.detection.detr import DETR
 
     m = cfg["model"]
@@ -88,4 +94,5 @@ def _detr(cfg, num_classes):
                 costs=(float(m.get("cost_class", 1.0)), float(m.get("cost_bbox", 5.0)), float(m.get("cost_giou", 2.0))),
                 weights=(float(m.get("loss_ce", 1.0)), float(m.get("loss_bbox", 5.0)), float(m.get("loss_giou", 2.0))),
                 loss_in_matching=bool(m.get("loss_in_matching", False)),
-                min_size=int(m["min_size"]), max_size=int(m["max_size"]))
+                replaces=str(m.get("bbr_replaces", "giou")),
+                min_size=train_min_sizes(m), max_size=int(m["max_size"]))

@@ -22,7 +22,11 @@ L1 of the matched normalised boxes / #gt x ``loss_bbox`` (5); GIoU loss of the m
 boxes / #gt x ``loss_giou`` (2). #gt = the batch's gt boxes (averaged over DDP ranks).
 
 **DETR\\*** (``loss=<name>``): the configured loss replaces the GIoU term, with the
-``weight`` it is configured with instead of ``loss_giou``. IoU-family losses get xyxy
+``weight`` it is configured with instead of ``loss_giou``; L1 x ``loss_bbox`` stays
+(``model.bbr_replaces=giou``, the default and the presets' choice: Focal-EIoU is an
+IoU-family loss and DETR's L1 is on normalised boxes), or goes too
+(``model.bbr_replaces=giou_l1``, the other reading of Table 3's caption "instead of their
+original losses"). The matcher's L1 cost stays in both readings. IoU-family losses get xyxy
 boxes in pixels of the resized image (their centre-distance terms are not invariant to
 DETR's per-axis normalisation); l_n losses get the normalised (cx, cy, w, h) that DETR's
 L1 uses. Normaliser 1 / #gt; Focal-EIoU: Eq. 11 over each layer's matched pairs. With
@@ -43,6 +47,16 @@ from torchvision.ops import box_convert, generalized_box_iou, generalized_box_io
 
 from bbrctl import extras
 from bbrctl.detection.assembled import AssembledDetector
+
+# What a configured loss replaces in DETR* (model.bbr_replaces): "giou" the GIoU term only,
+# L1 x loss_bbox kept (the default); "giou_l1" both box terms.
+REPLACES = ("giou", "giou_l1")
+
+
+def stock_box_weight(m) -> float:
+    """DETR's own weight for the term a configured loss takes over: ``loss_giou`` (2), in
+    both readings (the L1 term's 5 is on normalised boxes, not on the IoU loss's scale)."""
+    return float(m.get("loss_giou", 2.0))
 
 
 # --------------------------------------------------------------------------- transformer
@@ -211,6 +225,7 @@ class DETR(AssembledDetector):
                  nhead: int = 8, enc_layers: int = 6, dec_layers: int = 6, dim_feedforward: int = 2048,
                  dropout: float = 0.1, num_queries: int = 100, aux_loss: bool = True, eos_coef: float = 0.1,
                  costs=(1.0, 5.0, 2.0), weights=(1.0, 5.0, 2.0), loss_in_matching: bool = False,
+                 replaces: str = "giou",
                  min_size: int = 800, max_size: int = 1333):
         super().__init__(min_size=min_size, max_size=max_size)
         self.num_classes = num_classes
@@ -224,6 +239,9 @@ class DETR(AssembledDetector):
         self.aux_loss = aux_loss
         self.w_ce, self.w_bbox, self.w_giou = weights
         self.loss_in_matching = loss_in_matching
+        if replaces not in REPLACES:
+            raise ValueError(f"replaces={replaces!r}; valid: {', '.join(REPLACES)}")
+        self.replaces = replaces
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef
         self.register_buffer("class_weight", class_weight, persistent=False)
@@ -283,7 +301,8 @@ class DETR(AssembledDetector):
             w = self.class_weight[target_cls]
             ce = ce + (per * w).sum() / w.sum()
             pred = boxes[layer, bi, qi]
-            l1 = l1 + (pred - gt[ti]).abs().sum() / num_gt
+            if self.bbr is None or self.replaces == "giou":
+                l1 = l1 + (pred - gt[ti]).abs().sum() / num_gt
             reg = reg + self._box_term(pred, gt[ti], scales[bi], num_gt)
         return {"classification": ce * self.w_ce, "bbox_l1": l1 * self.w_bbox, "bbox_regression": reg}
 

@@ -36,7 +36,8 @@ except Focal-EIoU (and Focal-EIoU*), which is defined with its own normaliser, E
 
     L_Focal-EIoU = sum_i W_i * L_EIoU,i / sum_i W_i,   W_i = IoU_i ** gamma  (Eq. 10)
 
-over all positive pairs of the batch (the loss library's "weighted" reduction). Every
+over all positive pairs of the batch (the loss library's "weighted" reduction; ATSS and PAA
+pass their centerness / IoU weighting as its per-box weight w: sum W w L / sum W w). Every
 regression term is finally multiplied by the configured ``weight`` (Sec. 5.2: 1.0 for
 l_n losses, 2.5 for IoU-based ones); with ``loss=baseline`` the stock torchvision term
 is kept and only multiplied by ``weight``.
@@ -77,18 +78,23 @@ class BoxRegressionLoss:
     def __repr__(self) -> str:
         return f"BoxRegressionLoss({self.name!r}, {self.params}, weight={self.weight:g})"
 
-    def __call__(self, pred: Tensor, target: Tensor, norm: Tensor | float) -> Tensor:
+    def __call__(self, pred: Tensor, target: Tensor, norm: Tensor | float,
+                 box_weight: Optional[Tensor] = None) -> Tensor:
         """Weighted regression loss of the positive pairs ``pred``/``target`` (P, 4).
 
         ``norm``: per-pair factor (P,) or a scalar such that ``sum(norm * L)`` is the
         detector's normalised loss; ignored by self-normalised losses (Eq. 11).
+        ``box_weight``: the detector's own per-pair weighting (ATSS: centerness, PAA:
+        IoU), detached, which ``norm`` already holds for the other losses; a
+        self-normalised loss carries it inside Eq. 11, sum(W w L) / sum(W w).
         """
         if pred.shape[0] == 0:
             # Keeps the graph connected so DDP sees a gradient for every parameter.
             return pred.sum() * 0.0
         pred, target = pred.float(), target.float()
         if self.self_normalised:
-            loss = self.fn(pred, target, reduction="weighted")
+            w = None if box_weight is None else box_weight.detach().float()
+            loss = self.fn(pred, target, weight=w, reduction="weighted")
         else:
             loss = (self.fn(pred, target, reduction="none") * norm).sum()
         return loss * self.weight

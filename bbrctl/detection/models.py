@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from bbrctl.detection.backbones import _anchor_generator, build_backbone, norm_layer
+from bbrctl.detection.backbones import _anchor_generator, build_backbone, norm_layer, train_min_sizes
 from bbrctl.errors import UserError
 
 
@@ -23,6 +23,45 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
     from bbrctl.config.schema import check_model
 
     check_model(cfg)
+
+
+# --------------------------------------------------------------------------- the loss weight
+
+# The factor each detector's own box-regression term carries in its reference code.
+# torchvision's RetinaNet (L1), FCOS (GIoU) and R-CNN (SmoothL1) terms have none (1.0);
+# ATSS's GIoU x 2.0 (sfzhang15/ATSS REG_LOSS_WEIGHT, mmdet atss config loss_weight=2.0),
+# PAA's GIoU x 1.3 (kkhoot/PAA REG_LOSS_WEIGHT, mmdet paa config loss_weight=1.3) and DETR's
+# GIoU x model.loss_giou (2) live in their modules.
+TORCHVISION_STOCK_WEIGHT = 1.0
+
+
+def stock_box_weight(cfg: Mapping[str, Any]) -> float:
+    """The detector's own box-loss weight: what ``weight=stock`` gives a configured loss."""
+    name = cfg["model"]["name"]
+    if name == "atss":
+        from bbrctl.detection.atss import STOCK_GIOU_WEIGHT
+
+        return STOCK_GIOU_WEIGHT
+    if name == "paa":
+        from bbrctl.detection.paa import STOCK_GIOU_WEIGHT
+
+        return STOCK_GIOU_WEIGHT
+    if name == "detr":
+        from bbrctl.detection.detr import stock_box_weight as detr_weight
+
+        return detr_weight(cfg["model"])
+    return TORCHVISION_STOCK_WEIGHT
+
+
+def box_loss_weight(cfg: Mapping[str, Any]) -> float:
+    """The ``weight`` a run installs: the configured number, or with ``weight=stock`` the
+    detector's own (1.0 for ``loss=baseline``, whose stock term already carries it)."""
+    from bbrctl.config.schema import STOCK_WEIGHT
+
+    w = cfg.get("weight", 1.0)
+    if w != STOCK_WEIGHT:
+        return float(w)
+    return 1.0 if cfg["loss"]["name"] == "baseline" else float(stock_box_weight(cfg))
 
 
 # --------------------------------------------------------------------------- detectors
@@ -45,11 +84,11 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
             from bbrctl.detection.heads import install_bbr_loss
 
             loss = cfg["loss"]
-            install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), float(cfg.get("weight", 1.0)))
+            install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), box_loss_weight(cfg))
         return model
     backbone = build_backbone(cfg)
     anchors = _anchor_generator(m)
-    common = dict(min_size=int(m["min_size"]), max_size=int(m["max_size"]))
+    common = dict(min_size=train_min_sizes(m), max_size=int(m["max_size"]))
     extra_kwargs = dict(m.get("kwargs") or {})
     n_cls = int(num_classes) + 1
     if kind == "retinanet":
@@ -65,7 +104,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
         from bbrctl.detection.heads import install_bbr_loss
 
         loss = cfg["loss"]
-        install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), float(cfg.get("weight", 1.0)),
+        install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), box_loss_weight(cfg),
                          loss_in_rpn=bool(m.get("loss_in_rpn", False)))
     return model
 
@@ -89,11 +128,21 @@ def _retinanet(m, backbone, anchors, n_cls, common, extra):
     # torchvision's head always stacks 4 convs; the CPU presets keep the first few.
     head.classification_head.conv = head.classification_head.conv[:convs]
     head.regression_head.conv = head.regression_head.conv[:convs]
-    return RetinaNet(backbone, n_cls, anchor_generator=anchors, head=head,
-                     score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.5)),
-                     detections_per_img=int(m.get("detections_per_img", 100)),
-                     fg_iou_thresh=float(m.get("fg_iou_thresh", 0.5)), bg_iou_thresh=float(m.get("bg_iou_thresh", 0.4)),
-                     topk_candidates=int(m.get("topk_candidates", 1000)), **common, **extra)
+    model = RetinaNet(backbone, n_cls, anchor_generator=anchors, head=head,
+                      score_thresh=float(m.get("score_thresh", 0.05)), nms_thresh=float(m.get("nms_thresh", 0.5)),
+                      detections_per_img=int(m.get("detections_per_img", 100)),
+                      fg_iou_thresh=float(m.get("fg_iou_thresh", 0.5)), bg_iou_thresh=float(m.get("bg_iou_thresh", 0.4)),
+                      topk_candidates=int(m.get("topk_candidates", 1000)), **common, **extra)
+    weights = m.get("box_coder_weights")
+    if weights is not None:
+        # One coder for the targets (regression head) and the decoding (postprocess).
+        # (10, 10, 5, 5) is the ATSS code's RetinaNet, which the paper followed;
+        # torchvision's own is (1, 1, 1, 1).
+        from torchvision.models.detection._utils import BoxCoder
+
+        model.box_coder = BoxCoder(weights=tuple(float(w) for w in weights))
+        model.head.regression_head.box_coder = BoxCoder(weights=tuple(float(w) for w in weights))
+    return model
 
 
 def _fcos(m, backbone, anchors, n_cls, common, extra):

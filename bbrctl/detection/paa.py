@@ -21,13 +21,20 @@ All gts of the batch are fitted at once (rows of a padded matrix, converged rows
 so the assigner's cost does not grow with a Python loop over gts.
 
 **Stock loss**: focal loss (alpha 0.25, gamma 2) over every anchor / max(N_pos, #images);
-1.3 x GIoU of the positives' decoded boxes / N_pos; 0.5 x BCE of the IoU-prediction logit
-against the IoU of the (detached) decoded box with its gt / N_pos.
+0.5 x BCE of the IoU-prediction logit against u_i, the IoU of the (detached) decoded box
+with its gt, / N_pos; and the **IoU-weighted** regression term of both reference codes
+(mmdet ``PAAHead.loss_by_feat``, kkhoot/PAA ``paa_core/modeling/rpn/paa/loss.py``)::
 
-**Configured loss** replaces the GIoU regression term (normaliser 1 / N_pos; Eq. 11 for
-Focal-EIoU); the assignment keeps scoring candidates with the stock GIoU unless
-``model.loss_in_assignment`` is true, in which case the configured loss (times
-``weight``) takes GIoU's place in step 2 as well.
+    1.3 x sum_i u_i GIoU_i / sum_i u_i        (u_i detached; weight floor 1e-12, sum + f32 eps)
+
+**Configured loss** replaces the GIoU regression term and keeps PAA's weighting, as
+ATSS keeps its centerness (Sec. 5.5 names both reweightings as present in the starred
+rows): pair i's loss gets the factor u_i / sum(u); Focal-EIoU (Eq. 11) carries u_i as the
+per-box weight, sum(W u L) / sum(W u). The assignment keeps scoring candidates with the
+stock, unweighted GIoU unless ``model.loss_in_assignment`` is true, in which case the
+configured loss (times ``weight``) takes GIoU's place in step 2 as well.
+``model.reg_weighting=none`` drops the IoU weighting for every loss (a plain mean over
+the positives, / N_pos: bbrctl's PAA before issue 21; an ablation).
 
 **Inference**: score = sqrt(p_cls x p_iou), NMS 0.6; with ``model.score_voting`` (the
 PAA default) each kept box becomes the average of the same-class candidates weighted by
@@ -48,6 +55,28 @@ STOCK_GIOU_WEIGHT = 1.3
 IOU_PRED_WEIGHT = 0.5
 CANDIDATE_IOU = 0.1
 VOTING_SIGMA = 0.025
+IOU_WEIGHT_FLOOR = 1e-12   # mmdet paa_head EPS
+
+
+def aligned_iou(boxes: Tensor, gt: Tensor) -> Tensor:
+    """IoU of each pair (P,) (no +1 pixel offset, as mmdet's ``bbox_overlaps``)."""
+    lt = torch.maximum(boxes[:, :2], gt[:, :2])
+    rb = torch.minimum(boxes[:, 2:], gt[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(1) + (gt[:, 2:] - gt[:, :2]).prod(1)
+    return inter / (area - inter).clamp(min=1e-12)
+
+
+def regression_weights(iou_t: Tensor) -> tuple[Tensor, Tensor]:
+    """PAA's per-positive regression weight and normaliser: (IoU clamped to 1e-12, sum(IoU) + eps).
+
+    mmdet ``PAAHead.loss_by_feat`` passes ``iou_target.clamp(min=1e-12)`` as the GIoU
+    loss's weight and ``iou_target.sum()`` as its ``avg_factor`` (to which
+    ``weight_reduce_loss`` adds float32 eps); ``iou_t`` is the detached IoU of the
+    decoded predicted box with its gt, so no gradient flows through the weights.
+    """
+    iou_t = iou_t.detach()
+    return iou_t.clamp(min=IOU_WEIGHT_FLOOR), iou_t.sum() + torch.finfo(torch.float32).eps
 
 
 # --------------------------------------------------------------------------- the mixture
@@ -182,8 +211,11 @@ class PAA(DenseDetector):
     """PAA on the shared dense detector (see the module docstring)."""
 
     def __init__(self, *args, topk: int = 9, score_voting: bool = True, loss_in_assignment: bool = False,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, **kwargs):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, reg_weighting: str = "iou", **kwargs):
         super().__init__(*args, **kwargs)
+        if reg_weighting not in ("iou", "none"):
+            raise ValueError(f"reg_weighting={reg_weighting!r}; valid: iou, none")
+        self.reg_weighting = reg_weighting
         self.topk = topk
         self.score_voting = score_voting
         self.loss_in_assignment = loss_in_assignment
@@ -234,17 +266,22 @@ class PAA(DenseDetector):
         gt_pos, anc = gt[bi, matched[bi, ai]], anchors[ai]
         deltas = head["bbox_regression"][bi, ai]
         boxes = self.decode(deltas, anc)
-        iou_t = torch.diagonal(box_iou(boxes.detach(), gt_pos)) if boxes.shape[0] else boxes.new_zeros(0)
+        iou_t = aligned_iou(boxes.detach(), gt_pos)
         norm = num_pos.clamp(min=1)
         iou = IOU_PRED_WEIGHT * torch.nn.functional.binary_cross_entropy_with_logits(
             head["quality"][bi, ai].float(), iou_t, reduction="sum") / norm
+        if self.reg_weighting == "iou":
+            w, den = regression_weights(iou_t)
+            box_w = w
+        else:
+            w, den, box_w = torch.ones_like(iou_t), norm, None
         if self.bbr is None:
-            reg = generalized_box_iou_loss(boxes, gt_pos, reduction="sum") / norm * \
+            reg = (generalized_box_iou_loss(boxes, gt_pos, reduction="none") * w).sum() / den * \
                 (STOCK_GIOU_WEIGHT * self.stock_weight)
         elif self.bbr.space == "boxes":
-            reg = self.bbr(boxes, gt_pos, 1.0 / norm)
+            reg = self.bbr(boxes, gt_pos, w / den, box_weight=box_w)
         else:
-            reg = self.bbr(deltas, self.encode(gt_pos, anc), 1.0 / norm)
+            reg = self.bbr(deltas, self.encode(gt_pos, anc), w / den, box_weight=box_w)
         return {"classification": cls, "bbox_regression": reg, "bbox_iou": iou}
 
     # ---------------------------------------------------------------- inference

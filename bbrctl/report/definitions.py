@@ -32,7 +32,7 @@ class Row:
     labels: tuple[str, ...]
     match: dict[str, Any]
     baseline: str | None = None     # row id the Δ column compares against
-    paper: str | None = None        # row id in the paper table (defaults to ``id``)
+    paper: str | None = None        # row id in the paper table (``id`` unless given; null: the paper has no such row)
     paper_only: str | None = None   # reason we cannot run it; shown only with --paper
 
 
@@ -50,6 +50,10 @@ class TableDef:
     hint: str | None = None
     source: str = ""
     kind: str = "table"
+    # label column -> dotted config key: a row whose runs ran another value of that key
+    # than the first its match names (the paper's) shows the value they ran in that cell
+    # (Table 3: resnet_tiny runs are not labelled ResNet-50-FPN).
+    ran_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,8 +198,13 @@ def parse(raw: Any, name: str, path: Path | str = "<memory>"):
         if r.baseline is not None and r.baseline not in ids:
             raise UserError(f"report definition {where}: row {r.id!r} has baseline {r.baseline!r}, "
                             f"which is not a row id; valid: {', '.join(ids)}")
+    ran = raw.get("ran_labels") or {}
+    if not isinstance(ran, dict) or any(c not in label_columns or not isinstance(k, str) for c, k in ran.items()):
+        raise UserError(f"report definition {where}: ran_labels must map label columns "
+                        f"({', '.join(label_columns)}) to dotted config keys, got {ran!r}")
     return TableDef(name=name, title=title, rows=rows, label_columns=label_columns, metric=metric,
-                    columns=columns, delta=delta, match=match, paper=raw.get("paper"), hint=hint, source=where)
+                    columns=columns, delta=delta, match=match, paper=raw.get("paper"), hint=hint, source=where,
+                    ran_labels=dict(ran))
 
 
 def _row(raw: Any, i: int, where: str, n_labels: int, default_base: str | None) -> Row:
@@ -216,7 +225,8 @@ def _row(raw: Any, i: int, where: str, n_labels: int, default_base: str | None) 
     base = raw.get("baseline", default_base)
     if base == rid:
         base = None
-    return Row(id=rid, labels=labels, match=match, baseline=base, paper=str(raw.get("paper", rid)),
+    paper = raw.get("paper", rid)
+    return Row(id=rid, labels=labels, match=match, baseline=base, paper=None if paper is None else str(paper),
                paper_only=str(paper_only) if paper_only else None)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +14,7 @@ class PaperRow:
     id: str
     labels: tuple[str, ...]
     values: dict[str, float]
+    notes: dict[str, str] = field(default_factory=dict)   # cell (a column, or "n" for the row) -> footnote, e.g. a likely typo
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ def paper_tables(path: str | None = None) -> dict[str, PaperTable]:
         for r in t["rows"]:
             if len(r["values"]) != len(cols):
                 raise ValueError(f"{path or PAPER_FILE}: {tid}.{r['id']} has {len(r['values'])} values for {len(cols)} columns")
-            rows[r["id"]] = PaperRow(r["id"], tuple(r["labels"]), {c: float(v) for c, v in zip(cols, r["values"])})
+            rows[r["id"]] = PaperRow(r["id"], tuple(r["labels"]), {c: float(v) for c, v in zip(cols, r["values"])},
+                                     {str(k): str(v) for k, v in (r.get("notes") or {}).items()})
         out[tid] = PaperTable(tid, t.get("caption", ""), t.get("setting", ""), cols, rows)
     return out
 

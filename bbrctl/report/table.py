@@ -217,12 +217,13 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
                               f"{_near_miss(candidates if candidates else collection.runs, {**base, **row.match})}{hint}")
             else:
                 _fill_from_group(res, group, defn)
+                res.labels = ran_labels(row, group.flat, defn)
                 for g, diff in sel.alternatives.get(row.id, []):
                     res.note("n", f"{label}: {len(g.runs)} other run(s) also match with {diff}, not shown "
                                   f"(the shown configuration has more finished seeds or is newer)")
         rows.append(res)
-        if paper_tab is not None:
-            prow = paper_tab.rows.get(row.paper or row.id)
+        if paper_tab is not None and row.paper is not None:
+            prow = paper_tab.rows.get(row.paper)
             pres = RowResult(id=row.id, labels=row.labels, source="paper", state="missing",
                              baseline=row.baseline)
             if prow is None:
@@ -231,6 +232,8 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
                 pres.state = "done"
                 pres.n_done = pres.n_runs = 1
                 pres.stats = {c: Stat.of([prow.values[c]]) if c in prow.values else Stat.of([]) for c in defn.columns}
+                for cell, text in prow.notes.items():
+                    pres.note(cell, text)
             rows.append(pres)
 
     noise = None
@@ -271,6 +274,19 @@ def _denied_text(collection: Collection) -> str:
     return (f"{n} director{'ies' if n != 1 else 'y'} under {collection.root} cannot be read (Permission denied), "
             f"e.g. {collection.denied[0]}: their owner's umask keeps them private (a group-shared runs root "
             "needs umask 002 or 022)")
+
+
+def ran_labels(row, flat: dict[str, Any], defn: TableDef) -> tuple[str, ...]:
+    """The row's labels, with each ``ran_labels`` cell showing the value its runs ran
+    where that is not the first value the row's match names (the paper's)."""
+    labels = list(row.labels)
+    for col, key in defn.ran_labels.items():
+        want = row.match.get(key)
+        paper_value = want[0] if isinstance(want, list) and want else want
+        ran = flat.get(key)
+        if ran is not None and paper_value is not None and ran != paper_value:
+            labels[defn.label_columns.index(col)] = str(ran)
+    return tuple(labels)
 
 
 def _setting(groups: list[Group]) -> dict[str, str]:
