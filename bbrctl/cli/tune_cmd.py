@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bbrctl.cli.app import app
+from bbrctl.cli.common import ConfigDirOpt, RunsRootOpt, as_list
+
+
+@app.command("tune")
+def tune_command(
+    overrides: Optional[List[str]] = typer.Argument(None, show_default=False, help=(
+        "Search space and fixed overrides: gamma=interval(0.1,2.0) weight=tag(log,interval(0.5,5)) "
+        "loss=choice(eiou,focal_eiou) schedule.max_iter=400 +experiment=tune_table3_cpu")),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Trials in the study (default 20, or the preset's)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Result metric to optimise: AP (default), AP50, ..., segm.AP."),
+    direction: Optional[str] = typer.Option(None, "--direction", help="maximize (default) | minimize."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default) | cmaes | random | grid."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default 0)."),
+    parallel: Optional[int] = typer.Option(None, "--parallel", "-k", help="Trials running at once (default 1); on SLURM, the size of each array."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", help="median (default) | halving | none; acts on schedule.eval_period's evaluations."),
+    pruner_startup: Optional[int] = typer.Option(None, "--pruner-startup-trials", help="Median pruner: complete trials before it prunes (default 2)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="sqlite (local disk; default for launcher=local) | journal (shared file systems such as NFS; default for launcher=slurm)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name: its trials and storage go to runs/<name>/."),
+    config_dir: Optional[List[str]] = ConfigDirOpt,
+    runs_root: Optional[Path] = RunsRootOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+) -> None:
+    """Search any config key with Optuna; every trial is a signed run directory, launched locally or as SLURM arrays.
+
+    Run the same command again to continue a study (after a crash, a kill or with a larger --trials).
+    Trials report AP every schedule.eval_period iterations; the pruner stops poor ones with a checkpoint.
+    """
+    from bbrctl.tune.driver import TuneOptions, tune
+    from bbrctl.tune.summary import best_line, describe
+
+    opts = TuneOptions(overrides=as_list(overrides), config_dirs=as_list(config_dir), name=name, runs_root=runs_root,
+                       trials=trials, metric=metric, direction=direction, sampler=sampler, seed=seed,
+                       parallel=parallel, pruner=pruner, pruner_startup_trials=pruner_startup, storage=storage)
+    result = tune(opts)
+    d = describe(result.dir)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+    else:
+        typer.echo(best_line(d))
