@@ -1,6 +1,7 @@
 """The search space of a study, in the grammar Hydra's Optuna sweeper reads.
 
-``gamma=interval(0.1,2.0)``   a float in [0.1, 2.0] (both ends integers: an integer)
+``gamma=interval(0.1,2.0)``   a float in [0.1, 2.0] (Hydra's grammar makes both ends floats, so an
+                             integer key is searched with range() instead)
 ``weight=tag(log,interval(0.5,5))``  the same, sampled on a log scale
 ``loss=choice(eiou,focal_eiou)`` or ``loss=eiou,focal_eiou``   a categorical parameter
 ``seed=range(0,4)``          integers 0..3: ``range`` means what it means in `bbrctl sweep`
@@ -138,10 +139,14 @@ def parse_space(overrides: Sequence[str], config_dirs: Sequence[str | os.PathLik
     all_parsed = [o for o in parse_overrides(preset_strings, config_dirs) if o.get_key_element() not in typed_keys]
     all_parsed += parsed
 
+    # A key given twice: the last one counts (as in `bbrctl sweep`, whatever the two are).
+    last = {o.get_key_element().lstrip("+~"): i for i, o in enumerate(all_parsed)}
     params: list[Param] = []
     fixed: list[str] = []
-    for o in all_parsed:
+    for i, o in enumerate(all_parsed):
         key = o.get_key_element()
+        if last[key.lstrip("+~")] != i:
+            continue
         if key.lstrip("+~") in ("launcher", "runs_root") and o.is_sweep_override():
             raise UserError(f"`{key}` cannot be searched: a study has one launcher and one runs directory")
         if not o.is_sweep_override():
@@ -152,8 +157,6 @@ def parse_space(overrides: Sequence[str], config_dirs: Sequence[str | os.PathLik
             continue
         if o.key_or_group.split(".")[0] in ("experiment", "sweep"):
             raise UserError(f"`{key}` cannot be searched (got {o.input_line!r})")
-        if any(p.key.lstrip("+~") == key.lstrip("+~") for p in params):
-            raise UserError(f"{key} is searched twice; give one range or choice for it")
         value = o.value()
         if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
             choices = tuple(o.sweep_iterator(transformer=Transformer.encode))
