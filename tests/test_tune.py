@@ -177,7 +177,7 @@ def test_the_median_pruner_stops_a_trial_that_finds_nothing_with_its_checkpoint(
     finds boxes; the grid's seed 1 runs 0.01 first, so the second trial is pruned at its first
     evaluation and stops through the stop request with a checkpoint."""
     root = tmp_path / "runs"
-    args = ["tune", "model.score_thresh=choice(0.01,1.0)", *TINY, "schedule.eval_period=4", "--sampler", "grid", "--seed", "1", "--trials", "2", "--metric", "AP50",
+    args = ["tune", *TINY, "model.score_thresh=choice(0.01,1.0)", "schedule.eval_period=4", "--sampler", "grid", "--seed", "1", "--trials", "2", "--metric", "AP50",
             "--pruner", "median", "--pruner-startup-trials", "1", "--name", "prune", "--runs-root", str(root)]
     out = run_cli(args, tmp_path, timeout=550, env=ENV)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -204,7 +204,7 @@ def test_the_median_pruner_stops_a_trial_that_finds_nothing_with_its_checkpoint(
 
     rep = run_cli(["report", "--study", "prune", "--runs-root", str(root)], tmp_path, env=ENV, timeout=200)
     assert rep.returncode == 0, rep.stderr
-    assert "| 1 | pruned | 0.00 |" in rep.stdout
+    assert "| 1 | pruned | 0.0 | 1.0000 |" in rep.stdout
     reports = tmp_path / "reports"
     assert {p.name for p in reports.iterdir()} >= {"prune.md", "prune.csv", "prune.json", "prune-history.png",
                                                   "prune-slices.png"}

@@ -251,26 +251,26 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
             if state == "done":
                 value = T.final_value(run_dir, st.spec["metric"])
                 if value is None:
-                    study.tell(t.number, state=TS.FAIL)
+                    _tell(study, t.number, state=TS.FAIL)
                     echo(f"trial {t.number} failed: {run_dir.name} has no {st.spec['metric']} in results.json")
                 else:
-                    study.tell(t.number, value)
+                    _tell(study, t.number, value)
                     echo(f"trial {t.number} done: {st.spec['metric']} {value:.2f}{_best_text(study)}")
                 continue
             if js is not None and js.active:
                 still += 1
                 continue
             if state == "requeued" and T.stop_requested(run_dir):
-                study.tell(t.number, state=TS.PRUNED)
+                _tell(study, t.number, state=TS.PRUNED)
                 echo(f"trial {t.number} pruned: stopped with its checkpoint at iteration {js.iteration}")
                 continue
             if state == "failed" and t.user_attrs.get("launched"):
-                study.tell(t.number, state=TS.FAIL)
+                _tell(study, t.number, state=TS.FAIL)
                 echo(f"trial {t.number} failed: {js.note or 'see ' + str(run_dir / 'stdout.log')}")
                 continue
             relaunched[t.number] = relaunched.get(t.number, 0) + 1
             if relaunched[t.number] > defaults.MAX_RELAUNCHES:
-                study.tell(t.number, state=TS.FAIL)
+                _tell(study, t.number, state=TS.FAIL)
                 echo(f"trial {t.number} failed: its run did not start after {defaults.MAX_RELAUNCHES} launches")
                 continue
             to_launch.append(t.number)
@@ -288,6 +288,16 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
             break
         time.sleep(opts.poll_s)
     return summarize(st, study)
+
+
+def _tell(study, number: int, *args, **kwargs) -> None:
+    """study.tell, tolerating the grid sampler's study.stop() once its grid is used up: Optuna
+    raises that outside optimize(), after the trial's state is stored (Hydra's sweeper does the same)."""
+    try:
+        study.tell(number, *args, **kwargs)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
 
 
 def _live(study, t):
