@@ -24,7 +24,8 @@ trial whose run is alive is waited for, one that stopped with a checkpoint and n
 request is launched again (it resumes), one whose run never started is launched.
 Trials asked, told or pruned are never asked again, so the study ends with exactly
 ``trials`` trials. A seeded sampler is seeded with ``seed + (trials already in the
-study)`` on each start, so a resumed study does not re-propose its first points.
+study)`` on each start, so a resumed study does not re-propose its first points (the grid
+sampler keeps its seed: it shuffles the grid, and skips the points already stored).
 """
 
 from __future__ import annotations
@@ -226,7 +227,11 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
     if st.spec["pruner"] != "none" and st.eval_period == 0:
         echo(f"tune {st.name}: note: schedule.eval_period is 0, so trials report no intermediate values and the "
              f"{st.spec['pruner']} pruner cannot stop any; set schedule.eval_period to prune")
-    study.sampler = _sampler(st.spec, st.space, st.spec["seed"] + len(study.trials))
+    # A seeded sampler started again would propose its first points again: each start is
+    # seeded past the trials already stored. Not the grid sampler: its seed shuffles the grid
+    # itself (grid ids index the shuffled list), and it skips the ids already in the storage.
+    offset = 0 if st.spec["sampler"] == "grid" else len(study.trials)
+    study.sampler = _sampler(st.spec, st.space, st.spec["seed"] + offset)
     dists = st.space.to_optuna()
     relaunched: dict[int, int] = {}
     echo(f"tune {st.name}: {len(study.trials)} trial(s) in {storage.FILES[st.storage]}, {st.trials} wanted, "
