@@ -233,3 +233,20 @@ def test_four_trials_run_as_slurm_arrays_in_a_journal_storage(slurm_cluster, tmp
     assert sum(len(l["jobs"]) for l in launches) == 4 and max(len(l["jobs"]) for l in launches) == 2
     d = summary.describe(study_dir)
     assert d["counts"]["complete"] == 4 and d["best"]["value"] == study.best_value
+
+
+def test_the_table3_preset_searches_gamma_and_weight_per_detector():
+    st = prepare(TuneOptions(overrides=["+experiment=tune_table3_cpu", "+detector=cpu_atss"]))
+    assert st.name == "tune_table3_cpu-detector=cpu_atss" and st.trials == 12 and st.eval_period == 150
+    assert [p["text"] for p in st.spec["params"]] == ["gamma=interval(0.1,2.0)", "weight=tag(log,interval(0.5,5))"]
+    assert st.spec["metric"] == "AP" and st.spec["sampler"] == "tpe" and st.spec["pruner"] == "median"
+    # A typed key replaces the preset's; a flag replaces its budget.
+    st = prepare(TuneOptions(overrides=["+experiment=tune_table3_cpu", "+detector=cpu_atss", "gamma=interval(0.2,1.0)"],
+                             trials=4))
+    assert st.trials == 4 and {p["text"] for p in st.spec["params"]} == {"gamma=interval(0.2,1.0)",
+                                                                         "weight=tag(log,interval(0.5,5))"}
+
+
+def test_a_sweep_preset_is_not_a_study():
+    with pytest.raises(UserError, match="preset table1 is a sweep"):
+        prepare(TuneOptions(overrides=["+experiment=table1", "gamma=interval(0.1,2.0)"]))
