@@ -251,8 +251,8 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
         for t in running:
             run_dir = st.dir / t.user_attrs["run_dir"]
             js = states.get(t.user_attrs["signature"])
-            _report(study, t, run_dir, st, echo)
             state = js.state if js is not None else "pending"
+            _report(study, t, run_dir, st, echo, may_prune=state != "done")
             if state == "done":
                 value = T.final_value(run_dir, st.spec["metric"])
                 if value is None:
@@ -359,7 +359,7 @@ def _launch(st: Study, study, numbers: Sequence[int], echo) -> None:
     echo(result.message)
 
 
-def _report(study, t, run_dir: Path, st: Study, echo) -> None:
+def _report(study, t, run_dir: Path, st: Study, echo, may_prune: bool = True) -> None:
     """Tell Optuna the run's new periodic evaluations; write the stop request if it prunes."""
     if st.spec["pruner"] == "none":
         return
@@ -370,7 +370,7 @@ def _report(study, t, run_dir: Path, st: Study, echo) -> None:
     trial = _live(study, t)
     for step in sorted(fresh):
         trial.report(fresh[step], step)
-    if not T.stop_requested(run_dir) and trial.should_prune():
+    if may_prune and not T.stop_requested(run_dir) and trial.should_prune():
         step = max(fresh)
         T.request_stop(run_dir, t.number, step)
         echo(f"trial {t.number}: pruning at iteration {step} ({st.spec['metric']} {fresh[step]:.2f}); "

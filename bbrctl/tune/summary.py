@@ -74,7 +74,7 @@ def _cell(v, precision: int) -> str:
 
 def _table(d: dict, precision: int) -> tuple[list[str], list[list[str]]]:
     names = sorted({k for r in d["trials"] for k in r["params"]})
-    header = ["trial", "state", d.get("metric") or "value", *names, "stopped at", "run directory"]
+    header = ["trial", "state", d.get("metric") or "value", *names, "last eval at", "run directory"]
     body = []
     for r in d["trials"]:
         value = r["value"] if r["state"] != "pruned" else r["last_intermediate"]
@@ -142,12 +142,16 @@ def write_plots(study_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
         except (ValueError, RuntimeError) as e:
             notes.append(f"{name}: {' '.join(str(e).split())[:160]}")
             continue
-        axes = ax if hasattr(ax, "flat") else [ax]
-        fig = next(iter(getattr(axes, "flat", axes))).figure
-        fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")         # slices' colour bar: tight_layout only approximates it
-            fig.tight_layout()
+        axes = list(ax.flat) if hasattr(ax, "flat") else [ax]
+        fig = axes[0].figure
+        if name == "slices":
+            # One panel per parameter and the trial colour bar at the right: room for each.
+            fig.set_size_inches(3.6 * len(axes) + 1.6, 4.8)
+        else:
+            fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig.tight_layout()
         path = out_dir / f"{study_dir.name}-{name}.png"
         atomic_write_bytes(path, png_bytes(fig, dpi=100))
         files.append(path)
