@@ -133,6 +133,11 @@ def test_a_study_killed_mid_way_and_run_again_ends_with_six_trials_and_the_same_
 
     try:
         assert wait_until(one_done, 400, every=0.5), "no trial finished"
+        # One driver per study: a second is refused while the first holds the study.
+        second = subprocess.run(_tune_argv(root, "kill"), cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2 and "another `bbrctl tune` is driving study kill" in second.stderr, \
+            second.stderr
     finally:
         drv.send_signal(signal.SIGKILL)
         drv.wait(30)
@@ -160,9 +165,9 @@ def test_a_study_killed_mid_way_and_run_again_ends_with_six_trials_and_the_same_
     assert study.best_value == max(truth.values())
     assert truth[study.best_trial.user_attrs["run_dir"]] == study.best_value
 
-    # Once more: nothing to do, same best; other arguments: refused in one line.
-    third = subprocess.run(_tune_argv(root, "kill"), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                           timeout=120)
+    # Once more (--parallel may change): nothing to do, same best; other arguments: refused in one line.
+    third = subprocess.run(_tune_argv(root, "kill", "--parallel", "1"), cwd=tmp_path, env=ENV, capture_output=True,
+                           text=True, timeout=120)
     assert third.returncode == 0 and f"{study.best_value:.2f}" in third.stdout, third.stdout + third.stderr
     assert len(load(study_dir).get_trials()) == 6
     other = subprocess.run(_tune_argv(root, "kill", "--direction", "minimize"), cwd=tmp_path, env=ENV,
@@ -210,6 +215,44 @@ def test_the_median_pruner_stops_a_trial_that_finds_nothing_with_its_checkpoint(
                                                   "prune-slices.png"}
     assert json.loads((reports / "prune.json").read_text())["best"]["value"] == good.value
     assert (reports / "prune-history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_trial_stopped_with_its_checkpoint_resumes_when_the_study_runs_again(tmp_path):
+    """Driver killed, then the trial preempted (`sweep --cancel`: SIGTERM, checkpoint, exit 75):
+    the same command again launches it again, it resumes from its checkpoint and completes."""
+    root = tmp_path / "runs"
+    argv = [sys.executable, "-m", "bbrctl", "tune", *TINY, "schedule.max_iter=60", "schedule.steps=[50]",
+            "schedule.log_period=1", "gamma=choice(0.5)", "--trials", "1", "--sampler", "grid", "--pruner", "none",
+            "--name", "pre", "--runs-root", str(root)]
+    drv = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def progress():
+        for p in (root / "pre").glob("*/status.json"):
+            s = json.loads(p.read_text())
+            if s.get("state") == "running" and (s.get("iteration") or 0) >= 3:
+                return p.parent
+        return None
+
+    try:
+        run_dir = wait_until(progress, 300, every=0.5)
+        assert run_dir, "the trial did not start"
+    finally:
+        drv.send_signal(signal.SIGKILL)
+        drv.wait(30)
+    cancel = run_cli(["sweep", "--cancel", "pre", "--runs-root", str(root)], tmp_path, env=ENV)
+    assert cancel.returncode == 0, cancel.stderr
+    assert wait_until(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "requeued", 150)
+    stopped_at = json.loads((run_dir / "status.json").read_text())["iteration"]
+    assert 3 <= stopped_at < 60 and not (run_dir / "stop.request").exists()
+
+    again = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (t,) = load(root / "pre").get_trials()
+    assert t.state.name == "COMPLETE"
+    log = (run_dir / "train.log").read_text()
+    assert log.count("starting iteration 0") == 1 and f"resuming at iteration {stopped_at}/60" in log
 
 
 # --------------------------------------------------------------------------- SLURM

@@ -40,7 +40,9 @@ from typing import Callable, Sequence
 from bbrctl.errors import UserError
 from bbrctl.launch import check_launcher, launch
 from bbrctl.status import sweep_jobs
-from bbrctl.store import locks, names
+from bbrctl.status.inspect import Scheduler
+from bbrctl.store import RunDir, locks, names
+from bbrctl.store.manifest import last_launch_of, load_manifest
 from bbrctl.sweep import SweepPlan, expand
 from bbrctl.sweep.expand import locate_run_dirs
 from bbrctl.sweep.plan import readable_name
@@ -244,8 +246,10 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
             if "run_dir" not in t.user_attrs:       # asked by a driver killed before it named the run
                 _name_run(st, study, t)
         running = [t for t in study.get_trials(deepcopy=False) if t.state == TS.RUNNING]
-        states = {j.signature: j for j in sweep_jobs(st.dir, only=[t.user_attrs["signature"] for t in running])} \
-            if running else {}
+        manifest = load_manifest(st.dir)
+        sched = Scheduler(manifest, query=False)
+        states = {j.signature: j for j in sweep_jobs(st.dir, only=[t.user_attrs["signature"] for t in running],
+                                                     manifest=manifest)} if running else {}
         to_launch: list = []
         still = 0
         for t in running:
@@ -262,7 +266,7 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
                     _tell(study, t.number, value)
                     echo(f"trial {t.number} done: {st.spec['metric']} {value:.2f}{_best_text(study)}")
                 continue
-            if js is not None and js.active:
+            if js is not None and (js.active or _starting(run_dir, last_launch_of(manifest, js.signature), sched)):
                 still += 1
                 continue
             if state == "requeued" and T.stop_requested(run_dir):
@@ -293,6 +297,20 @@ def _drive(st: Study, opts: TuneOptions, echo) -> TuneResult:
             break
         time.sleep(opts.poll_s)
     return summarize(st, study)
+
+
+def _starting(run_dir: Path, launch: dict | None, sched: Scheduler) -> bool:
+    """A local launch whose supervisor lives and whose train has not written anything since.
+
+    A relaunched run still shows its old state (requeued, failed) until its train has
+    started, which takes seconds: launching it again meanwhile would only be refused by
+    the run's lock, and counted as a launch that did not start.
+    """
+    if not launch or launch.get("launcher") != "local" or not sched.supervisor_alive(launch):
+        return False
+    rd = RunDir(run_dir)
+    written = max((p.stat().st_mtime for p in (rd.status, rd.results) if p.exists()), default=0.0)
+    return written < float(launch.get("time") or 0)
 
 
 def _tell(study, number: int, *args, **kwargs) -> None:
