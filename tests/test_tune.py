@@ -293,3 +293,69 @@ def test_the_table3_preset_searches_gamma_and_weight_per_detector():
 def test_a_sweep_preset_is_not_a_study():
     with pytest.raises(UserError, match="preset table1 is a sweep"):
         prepare(TuneOptions(overrides=["+experiment=table1", "gamma=interval(0.1,2.0)"]))
+
+
+def _fake_study(root: Path) -> Path:
+    """A study written straight through Optuna (no training): 3 complete, 1 pruned, 1 failed."""
+    study_dir = root / "fake"
+    study_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name="study", storage=storage.open_storage(study_dir, "sqlite"),
+                                direction="maximize")
+    study.set_user_attr("bbrctl_spec", {"metric": "AP", "direction": "maximize", "sampler": "tpe", "pruner": "median",
+                                        "params": [{"key": "gamma"}, {"key": "weight"}]})
+    study.set_user_attr("trials", 5)
+    dist = {"gamma": optuna.distributions.FloatDistribution(0.1, 2.0),
+            "weight": optuna.distributions.FloatDistribution(0.5, 5.0, log=True)}
+    S = optuna.trial.TrialState
+    for i, (g, w, value, state) in enumerate([(0.5, 2.5, 30.0, S.COMPLETE), (1.5, 1.0, 28.0, S.COMPLETE),
+                                              (0.2, 4.0, None, S.PRUNED), (1.0, 2.0, 31.5, S.COMPLETE),
+                                              (1.9, 0.6, None, S.FAIL)]):
+        run_dir = study_dir / f"t{i}"
+        run_dir.mkdir()
+        (run_dir / "wandb_run.json").write_text(json.dumps({"id": f"{i:016x}", "last_step": 0}))
+        study.add_trial(optuna.trial.create_trial(
+            params={"gamma": g, "weight": w}, distributions=dist, value=value, state=state,
+            intermediate_values={150: 10.0 + i, 300: 12.0 + i} if state != S.FAIL else {},
+            user_attrs={"run_dir": run_dir.name}))
+    return study_dir
+
+
+def test_status_and_report_of_a_study_read_its_storage(tmp_path):
+    study_dir = _fake_study(tmp_path / "runs")
+    d = summary.describe(study_dir)
+    assert d["counts"] == {"complete": 3, "pruned": 1, "failed": 1, "running": 0}
+    assert d["best"] == {"number": 3, "value": 31.5, "params": {"gamma": 1.0, "weight": 2.0}, "run_dir": "t3"}
+    md = summary.render(d, "md")
+    assert "best: trial 3, AP 31.50 (gamma=1.0000 weight=2.0000)" in md
+    assert "| 2 | pruned | 14.00 | 0.2000 | 4.0000 | 300 | t2 |" in md       # a pruned trial: its last evaluation
+    rows = summary.render(d, "csv").splitlines()
+    assert rows[0] == "trial,state,AP,gamma,weight,last eval at,run directory" and len(rows) == 6
+    assert json.loads(summary.render(d, "json"))["trials"][4]["state"] == "failed"
+
+    st = run_cli(["status", "fake", "--runs-root", str(tmp_path / "runs")], tmp_path, env=ENV)
+    assert st.returncode == 0 and "3 complete, 1 pruned, 1 failed" in st.stdout, st.stdout + st.stderr
+
+
+@pytest.mark.slow
+def test_report_study_wandb_logs_a_study_run_that_names_the_trials_runs(tmp_path, monkeypatch):
+    study_dir = _fake_study(tmp_path / "runs")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    text, files, notes, logged = summary.write_report(study_dir, tmp_path / "reports", None, wandb=True)
+    assert {f.name for f in files} == {"fake.md", "fake.csv", "fake.json", "fake-history.png",
+                                       "fake-importances.png", "fake-slices.png"} and not notes
+    # The study's W&B run (offline) is in the study's group and its table names every trial's own W&B run.
+    assert logged["mode"] == "offline" and logged["group"] == "fake"
+    tables = list(Path(logged["run_dir"]).rglob("*.table.json"))
+    assert tables, list(Path(logged["run_dir"]).rglob("*"))
+    data = json.loads(tables[0].read_text())
+    assert data["columns"][-1] == "wandb_run_id"
+    assert [r[-1] for r in data["data"]] == [f"{i:016x}" for i in range(5)]
+
+
+def test_report_study_refuses_what_it_cannot_do(tmp_path):
+    _fake_study(tmp_path / "runs")
+    for args, words in ((["--study", "fake", "--table", "1"], "does not go with --table"),
+                        (["--study", "fake", "--format", "latex"], "valid: md, csv, json"),
+                        (["--study", "nosuch"], "nosuch")):
+        out = run_cli(["report", *args, "--runs-root", str(tmp_path / "runs")], tmp_path, env=ENV)
+        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

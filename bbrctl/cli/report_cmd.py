@@ -52,7 +52,7 @@ def report_command(
     if study is not None:
         if table is not None or figure is not None:
             raise UserError("--study STUDY builds the study's own report; it does not go with --table or --figure")
-        _report_study(study, runs_root, fmt, out, precision, quiet)
+        _report_study(study, runs_root, fmt, out, precision, quiet, wandb)
         return
     if (table is None) == (figure is None):
         raise UserError("give exactly one of --table ID or --figure ID (see `bbrctl report --list`)")
@@ -81,7 +81,7 @@ def report_command(
                    f"{w.get('run_id')}): {where_}", err=True)
 
 
-def _report_study(study: str, runs_root, fmt, out, precision: int, quiet: bool) -> None:
+def _report_study(study: str, runs_root, fmt, out, precision: int, quiet: bool, wandb: bool) -> None:
     from pathlib import Path
 
     from bbrctl.store import discovery
@@ -93,10 +93,15 @@ def _report_study(study: str, runs_root, fmt, out, precision: int, quiet: bool) 
     if out not in (None, "-"):
         raise UserError("--study writes into reports/ (or prints with --out -); give no other --out")
     study_dir = discovery.find_sweep_dir(study, resolve_runs_root(runs_root))
-    text, files, notes = write_report(study_dir, Path("reports"), fmt, precision, plots=out != "-")
+    text, files, notes, logged = write_report(study_dir, Path("reports"), fmt, precision, plots=out != "-",
+                                              wandb=wandb)
     if not quiet:
         typer.echo(text, nl=False)
     for note in notes:
         typer.echo(f"bbrctl: note: plot skipped, {note}", err=True)
     for path in files:
         typer.echo(f"wrote {path}", err=True)
+    if logged:
+        where_ = logged.get("url") or f"{logged['run_dir']} (upload it with `wandb sync {logged['run_dir']}`)"
+        typer.echo(f"logged the study to W&B ({logged['mode']}, group {logged['group']}, run {logged['run_id']}): "
+                   f"{where_}", err=True)

@@ -158,9 +158,33 @@ def write_plots(study_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
+def log_wandb(study_dir: Path, d: dict, images: list[Path], out_dir: Path) -> dict:
+    """One W&B run for the study (bbrctl.report.wandb_table.log_report, group = the study's name):
+    the trials table with each trial's own W&B run id (from its run directory), the plots and
+    the Markdown. Mode and project come from the trials' ``wandb`` config, offline without an account."""
+    from bbrctl.detection.wandb_run import run_id
+    from bbrctl.report.wandb_table import log_report
+    from bbrctl.store import read_job
+
+    header, body = _table(d, 2)
+    ids, run_wandb = [], {}
+    for r in d["trials"]:
+        rd = study_dir / r["run_dir"] if r["run_dir"] else None
+        ids.append((run_id(rd) if rd is not None else None) or "-")
+        if not run_wandb and rd is not None and rd.is_dir():
+            job = read_job(rd) or {}
+            run_wandb = (job.get("config") or {}).get("wandb") or {}
+    rows = [[*row, rid] for row, rid in zip(body, ids)]
+    return log_report(f"study-{d['study']}", f"study {d['study']}", [*header, "wandb_run_id"], rows,
+                      images=images, markdown=render(d, "md"), group=d["study"], run_wandb=run_wandb,
+                      out_dir=out_dir, config={k: d[k] for k in ("study", "metric", "direction", "sampler", "pruner",
+                                                                "best", "counts")})
+
+
 def write_report(study_dir: Path, out_dir: Path, fmt: str | None, precision: int = 2,
-                 plots: bool = True) -> tuple[str, list[Path], list[str]]:
-    """The trials table in ``fmt`` (md, csv, json; all three when None) and the plots."""
+                 plots: bool = True, wandb: bool = False) -> tuple[str, list[Path], list[str], dict | None]:
+    """The trials table in ``fmt`` (md, csv, json; all three when None), the plots, and with
+    ``wandb`` the study's W&B run (its description is the last item returned)."""
     d = describe(study_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -176,4 +200,5 @@ def write_report(study_dir: Path, out_dir: Path, fmt: str | None, precision: int
     if plots:
         pngs, notes = write_plots(study_dir, out_dir)
         files += pngs
-    return text, files, notes
+    logged = log_wandb(study_dir, d, [f for f in files if f.suffix == ".png"], out_dir) if wandb else None
+    return text, files, notes, logged
