@@ -8,6 +8,7 @@ import typer
 
 from bbrctl.cli.app import app
 from bbrctl.cli.common import ConfigDirOpt, RunsRootOpt, as_list
+from bbrctl.tune import defaults as D
 
 
 @app.command("tune")
@@ -15,14 +16,14 @@ def tune_command(
     overrides: Optional[List[str]] = typer.Argument(None, show_default=False, help=(
         "Search space and fixed overrides: gamma=interval(0.1,2.0) weight=tag(log,interval(0.5,5)) "
         "loss=choice(eiou,focal_eiou) schedule.max_iter=400 +experiment=tune_table3_cpu")),
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Trials in the study (default 20, or the preset's)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Result metric to optimise: AP (default), AP50, ..., segm.AP."),
-    direction: Optional[str] = typer.Option(None, "--direction", help="maximize (default) | minimize."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default) | cmaes | random | grid."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default 0)."),
-    parallel: Optional[int] = typer.Option(None, "--parallel", "-k", help="Trials running at once (default 1); on SLURM, the size of each array."),
-    pruner: Optional[str] = typer.Option(None, "--pruner", help="median (default) | halving | none; acts on schedule.eval_period's evaluations."),
-    pruner_startup: Optional[int] = typer.Option(None, "--pruner-startup-trials", help="Median pruner: complete trials before it prunes (default 2)."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help=f"Trials in the study (default {D.TRIALS}, or the preset's)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help=f"Result metric to optimise (default {D.METRIC}): AP, AP50, AP75, APs, APm, APl, segm.AP, ..."),
+    direction: Optional[str] = typer.Option(None, "--direction", help=f"{' | '.join(D.DIRECTIONS)} (default {D.DIRECTION})."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help=f"{' | '.join(D.SAMPLERS)} (default {D.SAMPLER})."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Sampler seed (default {D.SEED})."),
+    parallel: Optional[int] = typer.Option(None, "--parallel", "-k", help=f"Trials running at once (default {D.PARALLEL}); on SLURM, at most this many per job array."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", help=f"{' | '.join(D.PRUNERS)} (default {D.PRUNER}); acts on schedule.eval_period's evaluations."),
+    pruner_startup: Optional[int] = typer.Option(None, "--pruner-startup-trials", help=f"Median pruner: complete trials before it prunes (default {D.PRUNER_STARTUP_TRIALS})."),
     storage: Optional[str] = typer.Option(None, "--storage", help="sqlite (local disk; default for launcher=local) | journal (shared file systems such as NFS; default for launcher=slurm)."),
     name: Optional[str] = typer.Option(None, "--name", help="Study name: its trials and storage go to runs/<name>/."),
     config_dir: Optional[List[str]] = ConfigDirOpt,

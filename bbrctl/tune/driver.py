@@ -197,6 +197,11 @@ def tune(opts: TuneOptions, echo: Callable[[str], None] | None = None) -> TuneRe
         with locks.locked(st.dir / storage.LOCK, f"bbrctl tune {st.name}",
                           f"another `bbrctl tune` is driving study {st.name} right now"):
             return _drive(st, opts, echo)
+    except KeyboardInterrupt:
+        # The trials' runs do not depend on the driver: they go on, and the same command adopts them.
+        echo(f"tune {st.name}: the driver stops here; trials already launched run on, and the same command "
+             "continues the study")
+        raise
     except UserError:
         if new and not storage.is_study_dir(st.dir):
             _remove_empty(st.dir)
