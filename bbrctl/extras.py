@@ -23,6 +23,7 @@ from bbrctl.errors import UserError
 EXTRAS = {
     "wandb": ("wandb", "W&B logging"),
     "scipy": ("detr", "DETR's Hungarian matching"),
+    "optuna": ("tune", "`bbrctl tune`"),
 }
 
 

@@ -3,7 +3,7 @@
 Layers (a module imports only from lower layers, or from its own package)::
 
     errors, redact, provenance  <-  store, losses, extras  <-  config  <-  detection, simulate, sweep
-            <-  preflight, status, report  <-  train, evaluation, launch  <-  cli  <-  __main__
+            <-  preflight, doctor, status, report  <-  train, evaluation, launch  <-  tune  <-  cli  <-  __main__
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import bbrctl
 PKG = Path(bbrctl.__file__).resolve().parent
 
 RANK = {"errors": 0, "redact": 0, "plotting": 0, "provenance": 0, "extras": 1, "store": 1, "losses": 1, "config": 2, "detection": 3, "simulate": 3, "sweep": 3,
-        "preflight": 4, "doctor": 4, "status": 4, "report": 4, "train": 5, "evaluation": 5, "launch": 5, "cli": 6, "__main__": 7,
+        "preflight": 4, "doctor": 4, "status": 4, "report": 4, "train": 5, "evaluation": 5, "launch": 5, "tune": 6, "cli": 7, "__main__": 8,
         "__init__": 0}
 
 

@@ -15,7 +15,7 @@ from bbrctl.cli.app import app
 from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 
 # Registration happens on import; the order here is the order in --help.
-from bbrctl.cli import config_cmd, train_cmd, eval_cmd, sweep_cmd, status_cmd, report_cmd, simulate_cmd, data_cmd, doctor_cmd  # noqa: E402,F401
+from bbrctl.cli import config_cmd, train_cmd, eval_cmd, sweep_cmd, tune_cmd, status_cmd, report_cmd, simulate_cmd, data_cmd, doctor_cmd  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 

@@ -30,6 +30,7 @@ def report_command(
     score_threshold: float = typer.Option(0.5, "--score-threshold", help="--figure detections: lowest score drawn."),
     device: Optional[str] = typer.Option(None, "--device", help="--figure detections: cpu | cuda (default: cuda if available)."),
     config_dir: Optional[List[str]] = ConfigDirOpt,
+    study: Optional[str] = typer.Option(None, "--study", help="A `bbrctl tune` study: best trial, trials table (md, csv, json) and Optuna's plots as PNG."),
 ) -> None:
     """Build the paper's tables (--table 1|2|3) and figures (--figure 7|8|9a|9b|9c) from runs.
 
@@ -47,6 +48,11 @@ def report_command(
             flag = "--table" if kind == "table" else "--figure"
             typer.echo(f"{flag} {key:<6} {title}  ({path})")
         typer.echo("--figure detections  the same val images under each --run DIR, boxes drawn (Figs. 10-11)")
+        return
+    if study is not None:
+        if table is not None or figure is not None:
+            raise UserError("--study STUDY builds the study's own report; it does not go with --table or --figure")
+        _report_study(study, runs_root, fmt, out, precision, quiet, wandb)
         return
     if (table is None) == (figure is None):
         raise UserError("give exactly one of --table ID or --figure ID (see `bbrctl report --list`)")
@@ -75,3 +81,29 @@ def report_command(
         where_ = w.get("url") or f"{w['run_dir']} (upload it with `wandb sync {w['run_dir']}`)"
         typer.echo(f"logged to W&B ({w['mode']}, project {w['project']}, group {w['group']}, run "
                    f"{w.get('run_id')}): {where_}", err=True)
+
+
+def _report_study(study: str, runs_root, fmt, out, precision: int, quiet: bool, wandb: bool) -> None:
+    from pathlib import Path
+
+    from bbrctl.store import discovery
+    from bbrctl.store.root import runs_root as resolve_runs_root
+    from bbrctl.tune.summary import FORMATS, write_report
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not one a study report has; valid: {', '.join(FORMATS)}")
+    if out not in (None, "-"):
+        raise UserError("--study writes into reports/ (or prints with --out -); give no other --out")
+    study_dir = discovery.find_sweep_dir(study, resolve_runs_root(runs_root))
+    text, files, notes, logged = write_report(study_dir, Path("reports"), fmt, precision, plots=out != "-",
+                                              wandb=wandb)
+    if not quiet:
+        typer.echo(text, nl=False)
+    for note in notes:
+        typer.echo(f"bbrctl: note: plot skipped, {note}", err=True)
+    for path in files:
+        typer.echo(f"wrote {path}", err=True)
+    if logged:
+        where_ = logged.get("url") or f"{logged['run_dir']} (upload it with `wandb sync {logged['run_dir']}`)"
+        typer.echo(f"logged the study to W&B ({logged['mode']}, group {logged['group']}, run {logged['run_id']}): "
+                   f"{where_}", err=True)

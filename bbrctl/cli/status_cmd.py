@@ -29,6 +29,15 @@ def status_command(
             typer.echo(json.dumps({"runs_root": str(root), "sweeps": rows}, indent=2))
         return
     sweep_dir = discovery.find_sweep_dir(sweep, root)
+    from bbrctl.tune.storage import is_study_dir
+
+    if is_study_dir(sweep_dir) and not follow:
+        # A `bbrctl tune` study: its trials, best so far and pruned ones (bbrctl.tune.summary).
+        from bbrctl.tune.summary import describe, render
+
+        d = describe(sweep_dir)
+        typer.echo(json.dumps(d, indent=2) if as_json else render(d, "md").rstrip("\n"))
+        return
     if follow:
         from bbrctl.launch import follow as do_follow
 

@@ -99,7 +99,7 @@ HYDRA_KEYS = {
     "hydra.run.dir": "; runs live under the runs root: use --runs-root DIR",
     "hydra.job.chdir": "; bbrctl never changes the working directory",
     "hydra.searchpath": "; add config directories with --config-dir DIR or $BBRCTL_CONFIG_PATH",
-    "hydra/sweeper": "; bbrctl sweep expands comma lists and range()/choice() itself",
+    "hydra/sweeper": "; bbrctl sweep expands comma lists and range()/choice() itself, bbrctl tune searches with Optuna",
     "hydra/launcher": "; pick a launcher with launcher=local or launcher=slurm",
 }
 

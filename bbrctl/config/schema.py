@@ -77,6 +77,7 @@ SWEEP: Keys = {
     "name": Nullable(inner=Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}",
                               what="1-100 letters, digits and . _ = - (starting with a letter or digit)")),
     "params": Mapping_(),
+    "tune": optional(Mapping_()),          # a `bbrctl tune` preset's search space and budget (bbrctl.tune)
 }
 
 LOSS: Keys = {"name": Str(), "params": optional(Mapping_())}

@@ -548,6 +548,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     model.train()
     it = start
     try:
+        stop_file = Path(run_dir) / store.STOP_REQUEST
         with StopFlag() as stop:
             if start < max_iter:
                 loader = iter(train_loader(cfg, train_ds, dist, start))
@@ -576,7 +577,9 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
                     pending.append((done, lr, torch.stack([loss_dict[k].detach().float() for k in names]),
                                     time.perf_counter() - t0, t1 - t0))
                     reporter.advance(done)
-                    want_stop = stop.set
+                    # A stop request file (a pruned `bbrctl tune` trial) takes the signal's path:
+                    # checkpoint, status "requeued", exit 75. Looked for once per logged iteration.
+                    want_stop = stop.set or (done % log_period == 0 and stop_file.exists())
                     if done % log_period == 0 or done == max_iter or (want_stop and not dist.distributed):
                         flush()
                         if dist.distributed:
@@ -586,7 +589,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
                         save(done)
                         timing["train_s"] += time.perf_counter() - t_loop
                         reporter.status(done, force=True, state="requeued")
-                        reporter.log(f"stopped by signal {stop.signum} after iteration {done}; checkpoint saved")
+                        why = f"signal {stop.signum}" if stop.set else f"{store.STOP_REQUEST}"
+                        reporter.log(f"stopped by {why} after iteration {done}; checkpoint saved")
                         raise Requeue(done)
                     if done % int(sched.get("checkpoint_period", 1000) or max_iter) == 0 and done < max_iter:
                         save(done)

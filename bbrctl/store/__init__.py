@@ -20,7 +20,7 @@ status, cli). The names below are the package's API.
 from bbrctl.store.atomic import (PRIVATE, append_jsonl, append_lines, atomic_write_bytes, atomic_write_json,
                                  atomic_write_text, atomic_write_with, default_mode, read_json)
 from bbrctl.store.paths import (CHECKPOINTS, CONFIG, EVALS, JOB, LOG, MANIFEST, METRICS, RESULTS, STATUS, STDOUT_LOG,
-                                TRAIN_SWEEP, RunDir, SweepDir)
+                                STOP_REQUEST, TRAIN_SWEEP, RunDir, SweepDir)
 from bbrctl.store.rundir import (DamagedFile, load_checked, prepare_run_dir, read_config, read_eval, read_job,
                                  read_progress, read_results, read_status, write_eval, write_results, write_status)
 from bbrctl.store.schemas import AP_KEYS, FINAL, STATES, results_record
@@ -28,7 +28,7 @@ from bbrctl.store.schemas import AP_KEYS, FINAL, STATES, results_record
 __all__ = [
     "PRIVATE", "default_mode", "append_jsonl", "append_lines", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_write_with",
     "read_json", "CHECKPOINTS", "CONFIG", "JOB", "LOG", "MANIFEST", "METRICS", "RESULTS", "STATUS", "STDOUT_LOG",
-    "TRAIN_SWEEP", "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_config", "read_eval",
+    "STOP_REQUEST", "TRAIN_SWEEP", "RunDir", "SweepDir", "DamagedFile", "load_checked", "prepare_run_dir", "read_config", "read_eval",
     "read_job", "read_progress", "read_results", "read_status", "write_eval", "write_results", "write_status",
     "AP_KEYS", "FINAL", "STATES", "results_record",
 ]

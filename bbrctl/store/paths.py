@@ -17,6 +17,7 @@
           train.log, stdout.log      human-readable logs
           checkpoints/last.pt        the resume point
           results.json               the outcome: done | failed
+          stop.request               asks the trainer to checkpoint and stop (a pruned `bbrctl tune` trial)
           evals/<name>.json          `bbrctl eval` re-evaluations (results.json untouched)
       train/<model>-<backbone>-<loss>-<signature>/   single `bbrctl train` runs
 
@@ -40,6 +41,7 @@ STDOUT_LOG = "stdout.log"
 CHECKPOINTS = "checkpoints"
 EVALS = "evals"
 TRAIN_LOCK = ".train.lock"
+STOP_REQUEST = "stop.request"
 
 MANIFEST = "sweep.json"
 SWEEP_LOCK = ".sweep.lock"
@@ -104,6 +106,10 @@ class RunDir(_Dir):
     @property
     def evals(self) -> Path:
         return self.path / EVALS
+
+    @property
+    def stop_request(self) -> Path:
+        return self.path / STOP_REQUEST
 
     def eval_file(self, name: str) -> Path:
         return self.evals / f"{name}.json"
