@@ -114,10 +114,10 @@ class ATSS(DenseDetector):
         ctr_t = centerness_targets(anc, gt_pos)
         ctr = torch.nn.functional.binary_cross_entropy_with_logits(
             head["quality"][bi, ai].float(), ctr_t, reduction="sum") / num_pos
-        reg = self.box_loss(head["bbox_regression"][bi, ai], anc, gt_pos, ctr_t)
+        reg = self.box_loss(head["bbox_regression"][bi, ai], anc, gt_pos, ctr_t, image_idx=bi)
         return {"classification": cls, "bbox_regression": reg, "bbox_ctrness": ctr}
 
-    def box_loss(self, deltas: Tensor, anchors: Tensor, gt: Tensor, ctr_t: Tensor) -> Tensor:
+    def box_loss(self, deltas: Tensor, anchors: Tensor, gt: Tensor, ctr_t: Tensor, image_idx=None) -> Tensor:
         denom = ctr_t.sum().clamp(min=1e-6)
         if self.bbr is None:
             giou = generalized_box_iou_loss(self.decode(deltas, anchors), gt, reduction="none")
@@ -126,4 +126,4 @@ class ATSS(DenseDetector):
             pred, target = self.decode(deltas, anchors), gt
         else:
             pred, target = deltas, self.encode(gt, anchors)
-        return self.bbr(pred, target, ctr_t / denom)
+        return self.bbr(pred, target, ctr_t / denom, image_idx=image_idx)

@@ -242,9 +242,9 @@ class PAA(DenseDetector):
             reg = generalized_box_iou_loss(boxes, gt_pos, reduction="sum") / norm * \
                 (STOCK_GIOU_WEIGHT * self.stock_weight)
         elif self.bbr.space == "boxes":
-            reg = self.bbr(boxes, gt_pos, 1.0 / norm)
+            reg = self.bbr(boxes, gt_pos, 1.0 / norm, image_idx=bi)
         else:
-            reg = self.bbr(deltas, self.encode(gt_pos, anc), 1.0 / norm)
+            reg = self.bbr(deltas, self.encode(gt_pos, anc), 1.0 / norm, image_idx=bi)
         return {"classification": cls, "bbox_regression": reg, "bbox_iou": iou}
 
     # ---------------------------------------------------------------- inference
