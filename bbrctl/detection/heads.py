@@ -61,6 +61,8 @@ from torchvision.models.detection.retinanet import RetinaNetRegressionHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
+from bbrctl.losses._common import takes_keyword
+
 
 class BoxRegressionLoss:
     """The configured BBR loss, applied to the positives a head selected.
@@ -82,7 +84,7 @@ class BoxRegressionLoss:
         # their default reduction; all others take the detector's normaliser.
         self.self_normalised = self.fn.default_reduction == "weighted"
         self.stateful = getattr(self.fn, "state", None) is not None
-        self.wants_image_size = _takes_image_size(self.fn)
+        self.wants_image_size = takes_keyword(self.fn, "image_size")
         self.image_sizes: Optional[Tensor] = None   # (B, 2) (w, h) of the current batch, set by the hook
 
     def __repr__(self) -> str:
@@ -123,15 +125,6 @@ class BoxRegressionLoss:
 
     def load_state_dict(self, state: dict) -> None:
         self.fn.state.load_state_dict(state)
-
-
-def _takes_image_size(fn) -> bool:
-    import inspect
-
-    try:
-        return "image_size" in inspect.signature(getattr(fn, "_fn", fn)).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _record_image_sizes(bbr: "BoxRegressionLoss"):
