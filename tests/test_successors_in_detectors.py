@@ -170,3 +170,14 @@ def test_mpdiou_gets_each_pairs_own_input_image_size(model):
             assert tuple(wh.tolist()) == want[img], (model, box.tolist(), wh.tolist())
             checked += 1
     assert checked > 0 and {0, 1} <= {0 if b[0] < 14 else 1 for t, _ in seen for b in t}
+
+
+@pytest.mark.parametrize("model,key", [("paa", "loss_in_assignment"), ("detr", "loss_in_matching")])
+def test_mpdiou_as_an_assignment_or_matching_cost_is_refused_before_anything_runs(model, key, tmp_path):
+    from helpers import run_cli
+
+    out = run_cli(["config", f"model={model}", "loss=mpdiou", f"model.{key}=true"], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"bbrctl: error: loss=mpdiou needs each image's size and cannot be the {key.split('_')[-1]} cost; "
+        f"set model.{key}=false"]

@@ -28,6 +28,9 @@ WEIGHTED = "weighted"
 # and Focaler-IoU modify (2311.02877 Eq. 13-16, 2401.10525 Eq. 3-7).
 ALPHA_BASES = ("iou", "giou", "diou", "ciou")
 AUX_BASES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+# Losses whose call needs the input image's size (MPDIoU, 2307.07662): detectors pass each
+# pair's image; an assignment or matching cost, which has no image per pair, cannot use them.
+IMAGE_SIZE_LOSSES = ("mpdiou",)
 
 
 class LossParamError(UserError, ValueError):
