@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from bbrctl.losses import _common
-from bbrctl.losses.boxes import CPU_BLOCK, TINY, _atan2_safe, _base
+from bbrctl.losses.boxes import CPU_BLOCK, TINY, _atan2_safe, _base, _fused, _layout
 from bbrctl.losses.spec import check_params
 
 _V_SCALE = 4.0 / math.pi ** 2
@@ -100,6 +100,80 @@ def per_pair(name: str, pred, target, core: Callable, impl: str = "auto", extra=
         loss, aux = core(pred.to(dtype).t(), target.to(dtype).t(), extra)
         return loss, aux.detach()
     return _PerPair.apply(pred, target, extra, core, torch.is_grad_enabled())
+
+
+class _FusedIoUPlus(torch.autograd.Function):
+    """1 - IoU from the fused path of ``bbrctl.losses.boxes`` (with its analytic Jacobian)
+    combined with a term whose derivative is one line, for the losses built on the bare IoU
+    loss: ``mode="wiou"``, R_WIoU (1 - IoU) with R's denominator detached (Wise-IoU v1);
+    ``mode="mpdiou"``, 1 - IoU + (d1^2 + d2^2) / extra[0]. Returns (loss, 1 - IoU detached)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, extra, mode, eps, grad_enabled):
+        dtype = _common.compute_dtype(pred, target)
+        want_jac = bool(grad_enabled and ctx.needs_input_grad[0])
+        n = pred.shape[0]
+        step = CPU_BLOCK if pred.device.type == "cpu" else max(n, 1)
+        loss = torch.empty(n, dtype=dtype, device=pred.device)
+        l_iou = torch.empty(n, dtype=dtype, device=pred.device)
+        jac = torch.empty((2, 2, n), dtype=dtype, device=pred.device) if want_jac else None
+        with torch.no_grad():
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                x = None if extra is None else extra[:, s:e].to(dtype)
+                lb, ib, jb = _iou_plus_block(_layout(pred[s:e], target[s:e], dtype), x, mode, eps, want_jac)
+                loss[s:e], l_iou[s:e] = lb, ib
+                if want_jac:
+                    jac[:, :, s:e] = jb
+        ctx.jac, ctx.pred_dtype = jac, pred.dtype
+        aux = l_iou.clone()
+        ctx.mark_non_differentiable(aux)
+        return loss, aux
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_aux):
+        if ctx.jac is None:
+            return None, None, None, None, None, None
+        jac = ctx.jac.view(4, -1)
+        out = torch.empty((jac.shape[1], 4), dtype=ctx.pred_dtype, device=jac.device)
+        out.t().copy_(jac * grad_loss)
+        return out, None, None, None, None, None
+
+
+def _iou_plus_block(lay, extra, mode: str, eps: float, want_jac: bool):
+    """One block of ``_FusedIoUPlus`` from the (2, 2, 2, n) layout [target, pred] x corner x axis."""
+    tgt, prd = lay[0], lay[1]
+    if mode == "wiou":
+        d = prd[0] + prd[1] - tgt[0] - tgt[1]                       # twice the centre offset, (2, n)
+        c = torch.maximum(torch.maximum(prd[0], prd[1]), torch.maximum(tgt[0], tgt[1])).sub_(
+            torch.minimum(torch.minimum(prd[0], prd[1]), torch.minimum(tgt[0], tgt[1])))
+        inv_c2 = (c[0] * c[0]).addcmul_(c[1], c[1]).add_(TINY).reciprocal_()
+        r = torch.exp((d[0] * d[0]).addcmul_(d[1], d[1]).mul_(0.25).mul_(inv_c2))
+    else:
+        dc = prd - tgt                                              # corner offsets (2, 2, n)
+        inv_n = extra[0].reciprocal()
+    l_iou, _, jac = _fused(lay, "iou", eps, None, want_jac)
+    if mode == "wiou":
+        loss = r * l_iou
+        if want_jac:                    # d rho^2 / d corner = D / 2 for both corners (per axis)
+            jac.mul_(r).add_(d.mul_(inv_c2.mul_(r).mul_(l_iou).mul_(0.5)))
+    else:
+        loss = (dc * dc).sum((0, 1)).mul_(inv_n).add_(l_iou)
+        if want_jac:
+            jac.add_(dc.mul_(inv_n.mul_(2.0)))
+    return loss, l_iou, jac
+
+
+def iou_plus(name: str, pred, target, mode: str, eps: float, impl: str, core: Callable, extra=None):
+    """``_FusedIoUPlus`` where it applies (impl auto/fused, no target gradient), else ``core``
+    by ``per_pair``'s plain-autograd path (the reference the tests compare it with)."""
+    _common.check_pair(name, pred, target)
+    if impl not in IMPLS:
+        raise ValueError(f"{name}: unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    if impl == "autograd" or (target.requires_grad and torch.is_grad_enabled()):
+        return per_pair(name, pred, target, core, impl, extra)
+    return _FusedIoUPlus.apply(pred, target, extra, mode, float(eps), torch.is_grad_enabled())
 
 
 def finish(name: str, per_box, weight, reduction: str):
@@ -276,7 +350,7 @@ def mpdiou_loss(pred, target, weight=None, reduction: str = "mean", image_size=N
         d2 = ((g.p1 - g.g1) ** 2).sum(0)
         return 1.0 - g.iou + (d1 + d2) / x[0], g.iou
 
-    loss, _ = per_pair("mpdiou_loss", pred, target, core, impl, extra=norm[None])
+    loss, _ = iou_plus("mpdiou_loss", pred, target, "mpdiou", eps, impl, core, extra=norm[None])
     return finish("mpdiou_loss", loss, weight, reduction)
 
 

@@ -35,7 +35,7 @@ import torch
 
 from bbrctl.losses.boxes import TINY
 from bbrctl.losses.spec import check_params
-from bbrctl.losses.successors import Geometry, finish, per_pair
+from bbrctl.losses.successors import Geometry, finish, iou_plus
 
 
 class RunningMean:
@@ -78,7 +78,7 @@ def _v1(name: str, pred, target, eps: float, impl: str):
         r = torch.exp((g.d * g.d).sum(0) / ((g.c * g.c).sum(0) + TINY).detach())
         return r * l_iou, l_iou
 
-    return per_pair(name, pred, target, core, impl)
+    return iou_plus(name, pred, target, "wiou", eps, impl, core)
 
 
 def _mean(state, l_iou, momentum: float, update):
