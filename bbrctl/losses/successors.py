@@ -296,6 +296,10 @@ def alpha_iou_loss(pred, target, weight=None, reduction: str = "mean", alpha: fl
     """
     p_ = check_params("alpha_iou", {"alpha": alpha, "base": base})
     alpha, base = p_["alpha"], p_["base"]
+    if base == "iou" and impl != "autograd":
+        # 1 - IoU^alpha is a function of the fused path's 1 - IoU: the chain rule acts on (N,).
+        l_iou, _ = _base("alpha_iou_loss", pred, target, "iou", eps, impl=impl)
+        return finish("alpha_iou_loss", 1.0 - _spow(1.0 - l_iou, alpha), weight, reduction)
 
     def core(p, t, _x=None):
         g = Geometry(p, t, eps)
@@ -355,10 +359,9 @@ def mpdiou_loss(pred, target, weight=None, reduction: str = "mean", image_size=N
 
 
 def _inner_boxes(b, ratio: float):
-    """Boxes scaled by ``ratio`` about their centres (Inner-IoU Eq. 3-6)."""
-    c = (b[:, :2] + b[:, 2:]) / 2
-    half = (b[:, 2:] - b[:, :2]) * (ratio / 2)
-    return torch.cat([c - half, c + half], 1)
+    """Boxes scaled by ``ratio`` about their centres (Inner-IoU Eq. 3-6): x_c -+ ratio w / 2,
+    i.e. x1' = (1 + ratio)/2 x1 + (1 - ratio)/2 x2 and x2' = (1 - ratio)/2 x1 + (1 + ratio)/2 x2."""
+    return torch.add(b * ((1.0 + ratio) / 2), torch.roll(b, 2, 1), alpha=(1.0 - ratio) / 2)
 
 
 def inner_iou_loss(pred, target, weight=None, reduction: str = "mean", ratio: float = 0.7, base: str = "iou",
