@@ -141,8 +141,54 @@ class _FusedIoUPlus(torch.autograd.Function):
         return out, None, None, None, None, None
 
 
+def _siou_block(lay, theta: float, eps: float, want_jac: bool):
+    """SIoU (``_siou_terms``) on one block with its hand-derived Jacobian (see there)."""
+    tgt, prd = lay[0], lay[1]
+    d = (prd[0] + prd[1] - tgt[0] - tgt[1]).mul_(0.5)             # centre offset (2, n)
+    hi = torch.maximum(torch.maximum(prd[0], prd[1]), torch.maximum(tgt[0], tgt[1]))
+    lo = torch.minimum(torch.minimum(prd[0], prd[1]), torch.minimum(tgt[0], tgt[1]))
+    c = hi - lo
+    ad = d.abs()
+    d2 = d * d
+    inv_s = (d2[0] + d2[1]).add_(TINY).reciprocal_()
+    lam = (ad[0] * ad[1]).mul_(inv_s).mul_(2.0)
+    gamma = torch.rsub(lam, 2.0)
+    c2 = (c * c).add_(TINY)
+    rho = d2 / c2
+    ex = torch.exp(-gamma * rho)
+    rp, rg = (prd[1] - prd[0]).clamp_min_(0), (tgt[1] - tgt[0]).clamp_min_(0)
+    diff = rp - rg
+    m = torch.maximum(rp, rg).add_(TINY)
+    om = diff.abs().div_(m)
+    eo = torch.exp(-om)
+    q = torch.rsub(eo, 1.0)
+    shape = _spow(q, theta)
+    l_iou, _, jac = _fused(lay, "iou", eps, None, want_jac)
+    loss = l_iou + 0.5 * (torch.rsub(ex, 1.0).sum(0) + shape.sum(0))
+    if want_jac:
+        g_rho = 0.5 * gamma * ex                                   # dL/d rho_t
+        g_lam = -0.5 * (rho * ex).sum(0)                           # dL/d Lambda (gamma = 2 - Lambda)
+        sgn = torch.sign(d)
+        dlam = torch.stack([sgn[0] * ad[1], sgn[1] * ad[0]]).sub_(lam * d).mul_(2.0 * inv_s)
+        g_d = (g_rho * 2.0 * d / c2).add_(g_lam * dlam)
+        g_c = g_rho * (-2.0) * rho * c / c2
+        # hull: the corner holding the max (min) gets +(-) g_c, split evenly between ties
+        vals = torch.stack([prd[0], prd[1], tgt[0], tgt[1]])
+        is_hi, is_lo = (vals == hi).to(c.dtype), (vals == lo).to(c.dtype)
+        w_hi, w_lo = is_hi[:2] / is_hi.sum(0), is_lo[:2] / is_lo.sum(0)
+        g_om = theta * _spow(q, theta - 1.0) * eo * 0.5 if theta != 1.0 else 0.5 * eo
+        d_om = torch.sign(diff) / m - om / m * (rp > rg).to(c.dtype)
+        g_w = g_om * d_om * (prd[1] - prd[0] > 0).to(c.dtype)
+        jac.add_(0.5 * g_d).add_(g_c * (w_hi - w_lo))
+        jac[0].sub_(g_w)
+        jac[1].add_(g_w)
+    return loss, l_iou, jac
+
+
 def _iou_plus_block(lay, extra, mode: str, eps: float, want_jac: bool):
     """One block of ``_FusedIoUPlus`` from the (2, 2, 2, n) layout [target, pred] x corner x axis."""
+    if mode.startswith("siou"):
+        return _siou_block(lay, float(mode[4:]), eps, want_jac)
     tgt, prd = lay[0], lay[1]
     if mode == "wiou":
         d = prd[0] + prd[1] - tgt[0] - tgt[1]                       # twice the centre offset, (2, n)
@@ -276,7 +322,7 @@ def siou_loss(pred, target, weight=None, reduction: str = "mean", theta: float =
         dist, shape = _siou_terms(g, theta)
         return 1.0 - g.iou + 0.5 * (dist + shape), g.iou
 
-    loss, _ = per_pair("siou_loss", pred, target, core, impl)
+    loss, _ = iou_plus("siou_loss", pred, target, f"siou{theta!r}", eps, impl, core)
     return finish("siou_loss", loss, weight, reduction)
 
 
