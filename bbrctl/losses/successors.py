@@ -10,12 +10,15 @@ Where a paper writes a quotient that is 0/0 for degenerate boxes (coincident cen
 zero sizes), TINY is added to its denominator, so the term is 0 there; sizes are the
 clamped ones (``max(w, 0)``), centres and the hull use the signed corners, as in boxes.
 
-Speed: a loss is one per-pair function of (pred, target) built from torch ops. On the CPU
-``_PerPair`` runs it over blocks of ``boxes.CPU_BLOCK`` pairs (cache-resident) and takes
-each block's per-pair Jacobian d loss_i / d pred_i with autograd inside the forward, so
-the backward is one multiply, as in the fused EIoU path. Gradients w.r.t. ``target``
-come from the plain-autograd path, used when the target requires grad (``impl="autograd"``
-forces it).
+Speed: every loss is written once as a per-pair function of (pred, target) from torch
+ops (``core``); ``impl="autograd"`` runs it with plain autograd, the reference. The
+default path is blocked (``boxes.CPU_BLOCK`` pairs at a time on the CPU) with the backward
+one multiply by a per-pair Jacobian d loss_i / d pred_i computed in the forward:
+hand-derived on top of the fused IoU of ``bbrctl.losses.boxes`` for Wise-IoU, MPDIoU and
+SIoU (``_FusedIoUPlus``), the chain rule on (N,) for Alpha-IoU with base iou and for
+Focaler-IoU, the fused IoU of the scaled boxes for Inner-IoU, and autograd inside the
+forward for the rest (``_PerPair``: Shape-IoU, Alpha-IoU with a penalty). Gradients
+w.r.t. ``target`` come from the plain-autograd path, used when the target requires grad.
 """
 
 from __future__ import annotations
