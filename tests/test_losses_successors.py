@@ -379,3 +379,17 @@ def test_every_new_loss_is_registered_with_a_config_file():
         assert f"name: {name}" in text and "weight: 2.5" in text
         assert callable(getattr(L, L.registry.FUNCTIONS[name][1]))
     assert {n for n in NEW if L.SPECS[n].stateful} == {"wiou_v2", "wiou_v3"}
+
+
+@pytest.mark.parametrize("name,params", [("shape_iou", {"scale": 1.3}), ("siou", {"theta": 2.5}),
+                                         ("siou", {"theta": 1.0}), ("alpha_iou", {"alpha": 0.5})])
+def test_hand_derived_jacobians_match_autograd_off_the_defaults(name, params):
+    p, t = _batch(300, seed=5, dtype=torch.float64)
+    fn = L.loss_function(name)
+    a, b = p.clone().requires_grad_(), p.clone().requires_grad_()
+    la = fn(a, t, reduction="none", impl="fused", **params)
+    lb = fn(b, t, reduction="none", impl="autograd", **params)
+    assert torch.allclose(la, lb, rtol=1e-10, atol=1e-12)
+    la.sum().backward()
+    lb.sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-12)

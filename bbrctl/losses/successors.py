@@ -14,10 +14,10 @@ Speed: every loss is written once as a per-pair function of (pred, target) from 
 ops (``core``); ``impl="autograd"`` runs it with plain autograd, the reference. The
 default path is blocked (``boxes.CPU_BLOCK`` pairs at a time on the CPU) with the backward
 one multiply by a per-pair Jacobian d loss_i / d pred_i computed in the forward:
-hand-derived on top of the fused IoU of ``bbrctl.losses.boxes`` for Wise-IoU, MPDIoU and
-SIoU (``_FusedIoUPlus``), the chain rule on (N,) for Alpha-IoU with base iou and for
+hand-derived on top of the fused IoU of ``bbrctl.losses.boxes`` for Wise-IoU, MPDIoU,
+SIoU and Shape-IoU (``_FusedIoUPlus``), the chain rule on (N,) for Alpha-IoU with base iou and for
 Focaler-IoU, the fused IoU of the scaled boxes for Inner-IoU, and autograd inside the
-forward for the rest (``_PerPair``: Shape-IoU, Alpha-IoU with a penalty). Gradients
+forward for the rest (``_PerPair``: Alpha-IoU with a penalty base). Gradients
 w.r.t. ``target`` come from the plain-autograd path, used when the target requires grad.
 """
 
@@ -188,10 +188,47 @@ def _siou_block(lay, theta: float, eps: float, want_jac: bool):
     return loss, l_iou, jac
 
 
+def _shape_block(lay, scale: float, eps: float, want_jac: bool):
+    """Shape-IoU (``shape_iou_loss``) on one block with its hand-derived Jacobian."""
+    tgt, prd = lay[0], lay[1]
+    d = (prd[0] + prd[1] - tgt[0] - tgt[1]).mul_(0.5)
+    hi = torch.maximum(torch.maximum(prd[0], prd[1]), torch.maximum(tgt[0], tgt[1]))
+    lo = torch.minimum(torch.minimum(prd[0], prd[1]), torch.minimum(tgt[0], tgt[1]))
+    c = hi - lo
+    inv_c2 = (c[0] * c[0]).addcmul_(c[1], c[1]).add_(TINY).reciprocal_()
+    rp, rg = (prd[1] - prd[0]).clamp_min_(0), (tgt[1] - tgt[0]).clamp_min_(0)
+    ww = torch.sigmoid(scale * (torch.log(rg[0].clamp_min(TINY)) - torch.log(rg[1].clamp_min(TINY)))).mul_(2.0)
+    wts = torch.stack([torch.rsub(ww, 2.0), ww])                  # (hh, ww): x weighted by hh, y by ww
+    dist = (wts * d * d).sum(0).mul_(inv_c2)
+    diff = rp - rg
+    m = torch.maximum(rp, rg).add_(TINY)
+    raw = diff.abs().div_(m)
+    om = wts * raw
+    eo = torch.exp(-om)
+    q = torch.rsub(eo, 1.0)
+    l_iou, _, jac = _fused(lay, "iou", eps, None, want_jac)
+    loss = l_iou + dist + 0.5 * (q ** 4).sum(0)
+    if want_jac:
+        g_d = 2.0 * wts * d * inv_c2
+        g_c = -2.0 * dist * c * inv_c2
+        vals = torch.stack([prd[0], prd[1], tgt[0], tgt[1]])
+        is_hi, is_lo = (vals == hi).to(c.dtype), (vals == lo).to(c.dtype)
+        w_hi, w_lo = is_hi[:2] / is_hi.sum(0), is_lo[:2] / is_lo.sum(0)
+        g_om = 2.0 * q ** 3 * eo
+        d_om = wts * (torch.sign(diff) / m - raw / m * (rp > rg).to(c.dtype))
+        g_w = g_om * d_om * (prd[1] - prd[0] > 0).to(c.dtype)
+        jac.add_(0.5 * g_d).add_(g_c * (w_hi - w_lo))
+        jac[0].sub_(g_w)
+        jac[1].add_(g_w)
+    return loss, l_iou, jac
+
+
 def _iou_plus_block(lay, extra, mode: str, eps: float, want_jac: bool):
     """One block of ``_FusedIoUPlus`` from the (2, 2, 2, n) layout [target, pred] x corner x axis."""
     if mode.startswith("siou"):
         return _siou_block(lay, float(mode[4:]), eps, want_jac)
+    if mode.startswith("shape"):
+        return _shape_block(lay, float(mode[5:]), eps, want_jac)
     tgt, prd = lay[0], lay[1]
     if mode == "wiou":
         d = prd[0] + prd[1] - tgt[0] - tgt[1]                       # twice the centre offset, (2, n)
@@ -460,7 +497,7 @@ def shape_iou_loss(pred, target, weight=None, reduction: str = "mean", scale: fl
         omega = omega * torch.stack([hh, ww])
         return 1.0 - g.iou + dist + 0.5 * _shape_cost(omega, 4.0), g.iou
 
-    loss, _ = per_pair("shape_iou_loss", pred, target, core, impl)
+    loss, _ = iou_plus("shape_iou_loss", pred, target, f"shape{scale!r}", eps, impl, core)
     return finish("shape_iou_loss", loss, weight, reduction)
 
 
