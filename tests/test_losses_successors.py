@@ -208,7 +208,7 @@ def test_wise_iou_mean_starts_at_one_and_updates_only_while_training():
 
 
 def test_wiou_v1_denominator_gives_no_gradient():
-    """R_WIoU's W_g^2 + H_g^2 is detached (paper, Eq. 4 star): moving a corner that only
+    """R_WIoU's W_g^2 + H_g^2 is detached (the paper marks it with a star): moving a corner that only
     changes the enclosing box changes R's value but not through its gradient."""
     p = torch.tensor([[0.0, 0.0, 10.0, 10.0]], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([[20.0, 0.0, 30.0, 10.0]], dtype=torch.float64)   # disjoint: L_IoU = 1 exactly

@@ -24,8 +24,8 @@ BOXES = "boxes"
 REDUCTIONS = ("none", "mean", "sum")
 WEIGHTED = "weighted"
 
-# The IoU losses Alpha-IoU raises to alpha (2110.13675 Eq. 7-10), and those Inner-IoU
-# and Focaler-IoU modify (2311.02877 Eq. 13-16, 2401.10525 Eq. 3-7).
+# The IoU losses Alpha-IoU raises to alpha (arXiv 2110.13675), and those Inner-IoU and
+# Focaler-IoU modify (arXiv 2311.02877, 2401.10525).
 ALPHA_BASES = ("iou", "giou", "diou", "ciou")
 AUX_BASES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 # Losses whose call needs the input image's size (MPDIoU, 2307.07662): detectors pass each

@@ -305,7 +305,7 @@ def _spow(x, a: float):
 
 
 def _shape_cost(omega, theta: float):
-    """sum over (w, h) of (1 - exp(-omega))^theta, SIoU Eq. (shape cost) / Shape-IoU Eq. 11."""
+    """sum over (w, h) of (1 - exp(-omega))^theta: SIoU's and Shape-IoU's shape cost."""
     return _spow(-torch.expm1(-omega), theta).sum(0)
 
 
@@ -368,7 +368,7 @@ def siou_loss(pred, target, weight=None, reduction: str = "mean", theta: float =
 
 def alpha_iou_loss(pred, target, weight=None, reduction: str = "mean", alpha: float = 3.0, base: str = "iou",
                    eps: float = 1e-7, impl: str = "auto"):
-    r"""Alpha-IoU (He et al. 2021, arXiv 2110.13675), Eq. 7-10 of the paper.
+    r"""Alpha-IoU (He et al. 2021, arXiv 2110.13675).
 
     * iou:  :math:`1 - IoU^\alpha`
     * giou: :math:`1 - IoU^\alpha + (|C - B \cup B^{gt}| / |C|)^\alpha`
@@ -445,18 +445,18 @@ def mpdiou_loss(pred, target, weight=None, reduction: str = "mean", image_size=N
 
 
 def _inner_boxes(b, ratio: float):
-    """Boxes scaled by ``ratio`` about their centres (Inner-IoU Eq. 3-6): x_c -+ ratio w / 2,
+    """Boxes scaled by ``ratio`` about their centres (Inner-IoU's auxiliary boxes): x_c -+ ratio w / 2,
     i.e. x1' = (1 + ratio)/2 x1 + (1 - ratio)/2 x2 and x2' = (1 - ratio)/2 x1 + (1 + ratio)/2 x2."""
     return torch.add(b * ((1.0 + ratio) / 2), torch.roll(b, 2, 1), alpha=(1.0 - ratio) / 2)
 
 
 def inner_iou_loss(pred, target, weight=None, reduction: str = "mean", ratio: float = 0.7, base: str = "iou",
                    eps: float = 1e-7, impl: str = "auto"):
-    r"""Inner-IoU (Zhang et al. 2023, arXiv 2311.02877), Eq. 3-16 of the paper.
+    r"""Inner-IoU (Zhang et al. 2023, arXiv 2311.02877).
 
     Auxiliary boxes keep each box's centre and scale its width and height by ``ratio``;
-    :math:`IoU^{inner}` is their IoU. ``base="iou"``: :math:`L = 1 - IoU^{inner}` (Eq. 12);
-    otherwise :math:`L = L_{base} + IoU - IoU^{inner}` (Eq. 13-16: GIoU, DIoU, CIoU, EIoU,
+    :math:`IoU^{inner}` is their IoU. ``base="iou"``: :math:`L = 1 - IoU^{inner}`;
+    otherwise :math:`L = L_{base} + IoU - IoU^{inner}` (the paper's Inner-GIoU, -DIoU, -CIoU, -EIoU,
     SIoU). ratio = 1 gives the base loss.
     """
     p_ = check_params("inner_iou", {"ratio": ratio, "base": base})
@@ -474,7 +474,7 @@ def inner_iou_loss(pred, target, weight=None, reduction: str = "mean", ratio: fl
 
 def shape_iou_loss(pred, target, weight=None, reduction: str = "mean", scale: float = 0.0, eps: float = 1e-7,
                    impl: str = "auto"):
-    r"""Shape-IoU (Zhang & Zhang 2023, arXiv 2312.17663), Eq. 6-12 of the paper.
+    r"""Shape-IoU (Zhang & Zhang 2023, arXiv 2312.17663).
 
     :math:`ww = 2 (w^{gt})^s / ((w^{gt})^s + (h^{gt})^s)`, :math:`hh = 2 (h^{gt})^s / (\dots)`
     (s = ``scale``; evaluated as :math:`ww = 2\sigma(s \ln(w^{gt}/h^{gt}))`, which cannot
@@ -503,11 +503,11 @@ def shape_iou_loss(pred, target, weight=None, reduction: str = "mean", scale: fl
 
 def focaler_iou_loss(pred, target, weight=None, reduction: str = "mean", d: float = 0.0, u: float = 0.95,
                      base: str = "iou", eps: float = 1e-7, impl: str = "auto"):
-    r"""Focaler-IoU (Zhang & Zhang 2024, arXiv 2401.10525), Eq. 1-7 of the paper.
+    r"""Focaler-IoU (Zhang & Zhang 2024, arXiv 2401.10525).
 
     :math:`IoU^{focaler} = 0` for IoU < d, :math:`(IoU - d)/(u - d)` for d <= IoU <= u, 1
-    above u. ``base="iou"``: :math:`L = 1 - IoU^{focaler}` (Eq. 2); otherwise
-    :math:`L = L_{base} + IoU - IoU^{focaler}` (Eq. 3-7). 0 <= d < u <= 1.
+    above u. ``base="iou"``: :math:`L = 1 - IoU^{focaler}`; otherwise
+    :math:`L = L_{base} + IoU - IoU^{focaler}` (the paper's Focaler-GIoU ... -SIoU). 0 <= d < u <= 1.
     """
     p_ = check_params("focaler_iou", {"d": d, "u": u, "base": base})
     d, u, base = p_["d"], p_["u"], p_["base"]

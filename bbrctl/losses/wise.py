@@ -1,11 +1,11 @@
 r"""Wise-IoU v1, v2, v3 (Tong et al. 2023, arXiv 2301.10051) and the running mean they keep.
 
-* v1 (Eq. 4-5): :math:`L = R_{WIoU} L_{IoU}`, :math:`R_{WIoU} = \exp(((x - x_{gt})^2 +
+* v1: :math:`L = R_{WIoU} L_{IoU}`, :math:`R_{WIoU} = \exp(((x - x_{gt})^2 +
   (y - y_{gt})^2) / (W_g^2 + H_g^2)^*)`, :math:`W_g, H_g` the enclosing box's size; the
   star means detached ("separated from the computational graph"), so the denominator
   gives no gradient. :math:`1 \le R_{WIoU} \le e`.
-* v2 (Eq. 7): :math:`L = (L_{IoU}^* / \overline{L_{IoU}})^\gamma L_{v1}`, gamma 0.5.
-* v3 (Eq. 8-9): outlier degree :math:`\beta = L_{IoU}^* / \overline{L_{IoU}}`,
+* v2: :math:`L = (L_{IoU}^* / \overline{L_{IoU}})^\gamma L_{v1}`, gamma 0.5.
+* v3: outlier degree :math:`\beta = L_{IoU}^* / \overline{L_{IoU}}`,
   :math:`r = \beta / (\delta \alpha^{\beta - \delta})`, :math:`L = r L_{v1}` (alpha 1.9,
   delta 3: r = 1 where beta = delta).
 
@@ -91,7 +91,7 @@ def _mean(state, l_iou, momentum: float, update):
 
 
 def wiou_v1_loss(pred, target, weight=None, reduction: str = "mean", eps: float = 1e-7, impl: str = "auto"):
-    r"""Wise-IoU v1 (arXiv 2301.10051, Eq. 4-5): :math:`L = R_{WIoU} (1 - IoU)`, see the module."""
+    r"""Wise-IoU v1 (arXiv 2301.10051): :math:`L = R_{WIoU} (1 - IoU)`, see the module."""
     loss, _ = _v1("wiou_v1_loss", pred, target, eps, impl)
     return finish("wiou_v1_loss", loss, weight, reduction)
 
@@ -99,7 +99,7 @@ def wiou_v1_loss(pred, target, weight=None, reduction: str = "mean", eps: float 
 def wiou_v2_loss(pred, target, weight=None, reduction: str = "mean", gamma: float = 0.5, momentum: float = 0.01,
                  eps: float = 1e-7, state: RunningMean | None = None, update: bool | None = None,
                  impl: str = "auto"):
-    r"""Wise-IoU v2 (arXiv 2301.10051, Eq. 7): :math:`(L_{IoU}^*/\overline{L_{IoU}})^\gamma L_{v1}`."""
+    r"""Wise-IoU v2 (arXiv 2301.10051): :math:`(L_{IoU}^*/\overline{L_{IoU}})^\gamma L_{v1}`."""
     p_ = check_params("wiou_v2", {"gamma": gamma, "momentum": momentum})
     loss, l_iou = _v1("wiou_v2_loss", pred, target, eps, impl)
     mean = _mean(state, l_iou, p_["momentum"], update)
@@ -110,7 +110,7 @@ def wiou_v2_loss(pred, target, weight=None, reduction: str = "mean", gamma: floa
 def wiou_v3_loss(pred, target, weight=None, reduction: str = "mean", alpha: float = 1.9, delta: float = 3.0,
                  momentum: float = 0.01, eps: float = 1e-7, state: RunningMean | None = None,
                  update: bool | None = None, impl: str = "auto"):
-    r"""Wise-IoU v3 (arXiv 2301.10051, Eq. 8-9): :math:`r L_{v1}`, :math:`r = \beta / (\delta\alpha^{\beta-\delta})`."""
+    r"""Wise-IoU v3 (arXiv 2301.10051): :math:`r L_{v1}`, :math:`r = \beta / (\delta\alpha^{\beta-\delta})`."""
     p_ = check_params("wiou_v3", {"alpha": alpha, "delta": delta, "momentum": momentum})
     loss, l_iou = _v1("wiou_v3_loss", pred, target, eps, impl)
     mean = _mean(state, l_iou, p_["momentum"], update)
