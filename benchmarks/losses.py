@@ -1,4 +1,4 @@
-"""Forward+backward time of the IoU-family losses, as ratios against torchvision's CIoU.
+"""Forward+backward time of the IoU-family losses, as ratios against torchvision's CIoU and EIoU.
 
 For N aligned box pairs (default N = 1e3, 1e5, 1e6) it times, in the same run and
 interleaved round by round (so load drifting on a shared machine hits all of them
@@ -8,6 +8,9 @@ distance_box_iou_loss, on CPU and on CUDA when a GPU is present. It prints the m
 milliseconds per call and each loss's ratio to torchvision CIoU (ratio > 1: faster than
 torchvision CIoU); on CPU both wall time and the process's CPU time (steadier on a
 shared machine). Target: eiou and focal_eiou >= 2x at N = 1e6 on the same device.
+The successors (siou ... focaler_iou) also get their time relative to bbrctl's fused EIoU
+measured in the same rounds; target: each within 2x of EIoU (ratio column x eiou >= 0.5).
+MPDIoU is given the pairs' 1000 px image.
 
 On a GPU it also prints the achieved bandwidth for the minimal traffic of a fused
 forward+backward (read pred and target, write the gradient: 48 bytes per pair in float32)
@@ -31,6 +34,8 @@ import time
 
 REFERENCE = "tv_ciou"
 TARGETS = ("eiou", "focal_eiou")
+SUCCESSORS = ("siou", "alpha_iou", "wiou_v1", "wiou_v2", "wiou_v3", "mpdiou", "inner_iou", "shape_iou", "focaler_iou")
+IMAGE_SIZE = (1000.0, 1000.0)     # make_pairs draws targets inside a 1000 px image
 
 
 def make_pairs(n: int, device, dtype, seed: int = 0):
@@ -58,6 +63,9 @@ def candidates():
     for name in ("iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "focal_eiou_v1", "focal_eiou_star"):
         out[name] = get_loss(name)
     out["eiou_autograd"] = lambda p, t: eiou_loss(p, t, impl="autograd")
+    for name in SUCCESSORS:
+        fn = get_loss(name)
+        out[name] = (lambda p, t, _f=fn: _f(p, t, image_size=IMAGE_SIZE)) if name == "mpdiou" else fn
     out["tv_ciou"] = lambda p, t: tv.complete_box_iou_loss(p, t, reduction="mean")
     out["tv_giou"] = lambda p, t: tv.generalized_box_iou_loss(p, t, reduction="mean")
     out["tv_diou"] = lambda p, t: tv.distance_box_iou_loss(p, t, reduction="mean")
@@ -121,13 +129,15 @@ def bench_device(device, sizes, rounds_arg, dtype) -> list[dict]:
                 cpu[k].append(c)
         ref = statistics.median(wall[REFERENCE])
         ref_cpu = statistics.median(cpu[REFERENCE])
+        eiou, eiou_cpu = statistics.median(wall["eiou"]), statistics.median(cpu["eiou"])
         for k, ts in wall.items():
             med = statistics.median(ts)
             med_cpu = statistics.median(cpu[k])
             row = {"device": str(device), "n": n, "loss": k, "median_ms": med * 1e3, "min_ms": min(ts) * 1e3,
-                   "ratio_vs_tv_ciou": ref / med, "rounds": rounds}
+                   "ratio_vs_tv_ciou": ref / med, "ratio_vs_eiou": eiou / med, "rounds": rounds}
             if device.type == "cpu":
-                row.update(cpu_median_ms=med_cpu * 1e3, cpu_ratio_vs_tv_ciou=ref_cpu / med_cpu)
+                row.update(cpu_median_ms=med_cpu * 1e3, cpu_ratio_vs_tv_ciou=ref_cpu / med_cpu,
+                           cpu_ratio_vs_eiou=eiou_cpu / med_cpu)
             if device.type == "cuda":
                 bytes_min = n * 4 * pred.element_size() * 3   # read pred, target; write grad
                 row["gbytes_per_s"] = bytes_min / med / 1e9
@@ -141,17 +151,17 @@ def bench_device(device, sizes, rounds_arg, dtype) -> list[dict]:
 def print_rows(rows, device, peak):
     print(f"\n== {device} ==" + (f"  (peak memory bandwidth {peak / 1e9:.0f} GB/s)" if peak else ""))
     cpu = device.type == "cpu"
-    head = f"{'N':>9} {'loss':<16} {'wall med ms':>11} {'wall min ms':>11} {'x tv_ciou':>9}"
+    head = f"{'N':>9} {'loss':<16} {'wall med ms':>11} {'wall min ms':>11} {'x tv_ciou':>9} {'x eiou':>7}"
     if cpu:
-        head += f" {'cpu med ms':>10} {'x tv_ciou':>9}"
+        head += f" {'cpu med ms':>10} {'x tv_ciou':>9} {'x eiou':>7}"
     if peak is not None or any("gbytes_per_s" in r for r in rows):
         head += f" {'GB/s':>8} {'% peak':>7}"
     print(head)
     for r in rows:
         line = (f"{r['n']:>9} {r['loss']:<16} {r['median_ms']:>11.3f} {r['min_ms']:>11.3f} "
-                f"{r['ratio_vs_tv_ciou']:>9.2f}")
+                f"{r['ratio_vs_tv_ciou']:>9.2f} {r['ratio_vs_eiou']:>7.2f}")
         if cpu:
-            line += f" {r['cpu_median_ms']:>10.3f} {r['cpu_ratio_vs_tv_ciou']:>9.2f}"
+            line += f" {r['cpu_median_ms']:>10.3f} {r['cpu_ratio_vs_tv_ciou']:>9.2f} {r['cpu_ratio_vs_eiou']:>7.2f}"
         if "gbytes_per_s" in r:
             line += f" {r['gbytes_per_s']:>8.1f}"
             line += f" {100 * r['gbytes_per_s'] * 1e9 / peak:>6.1f}%" if peak else "       -"
@@ -203,6 +213,13 @@ def main(argv=None) -> int:
             extra = f", {r['cpu_ratio_vs_tv_ciou']:.2f}x in CPU time" if "cpu_ratio_vs_tv_ciou" in r else ""
             print(f"{dev}: {name} at N={nmax}: {r['ratio_vs_tv_ciou']:.2f}x torchvision CIoU in wall time{extra} "
                   f"(target >= 2x): {verdict}")
+        for name in SUCCESSORS:
+            r = next(r for r in rows if r["n"] == nmax and r["loss"] == name)
+            slower = 1.0 / r["ratio_vs_eiou"]
+            verdict = "OK" if slower <= 2.0 else "MISSED"
+            extra = f", {1.0 / r['cpu_ratio_vs_eiou']:.2f}x in CPU time" if "cpu_ratio_vs_eiou" in r else ""
+            print(f"{dev}: {name} at N={nmax}: {slower:.2f}x EIoU's time in wall time{extra} "
+                  f"(target <= 2x): {verdict}")
     print(f"\nwall time {time.perf_counter() - t_start:.1f} s; load average at end "
           f"{os.getloadavg() if hasattr(os, 'getloadavg') else None}")
     if args.json:

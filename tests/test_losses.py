@@ -37,20 +37,21 @@ def jittered(t, seed=1, frac=0.3):
 
 # --- registry and configs -----------------------------------------------------------
 
-def test_registry_resolves_all_twelve_names():
-    assert len(LOSSES) == 12 and len(set(LOSSES)) == 12
+def test_registry_resolves_all_twenty_one_names():
+    assert len(LOSSES) == 21 and len(set(LOSSES)) == 21   # the paper's twelve and nine successors
     p, t = jittered(random_boxes(5)), random_boxes(5)
     for name in LOSSES:
         fn = get_loss(name)
+        kw = {"image_size": (200.0, 200.0)} if name == "mpdiou" else {}
         assert fn.name == name and fn.space in (L.BOXES, L.DELTAS)
         assert fn.params == L.check_params(name)
         assert fn.default_reduction in fn.reductions
         x = p.clone().requires_grad_()
-        value = fn(x, t)
+        value = fn(x, t, **kw)
         assert value.dim() == 0 and torch.isfinite(value)
         value.backward()
         assert torch.isfinite(x.grad).all()
-        assert fn(x, t, reduction="none").shape == (5,)
+        assert fn(x, t, reduction="none", **kw).shape == (5,)
 
 
 def test_default_reductions():
@@ -387,14 +388,25 @@ def test_focal_l1_loss_gradient_through_deltas():
 
 # --- reductions, weights, dtypes, empty input ------------------------------------------
 
+def _unbound(name):
+    """The loss with its default parameters; a stateful one (Wise-IoU) without its bound
+    running mean, so every call starts from the same mean; MPDIoU given an image."""
+    fn = get_loss(name)
+    if fn.state is not None:
+        fn.state = None
+    if name == "mpdiou":
+        return lambda *a, _f=fn, **k: _f(*a, image_size=(200.0, 200.0), **k)
+    return fn
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_reductions_and_weights(name):
     t = random_boxes(8, seed=12)
     p = jittered(t, seed=13)
-    fn = get_loss(name)
+    fn = _unbound(name)
     per = fn(p, t, reduction="none")
     w = torch.linspace(0.5, 2.0, 8, dtype=F64)
-    if fn.default_reduction == "weighted":
+    if get_loss(name).default_reduction == "weighted":
         assert torch.allclose(fn(p, t, reduction="sum"), per.sum())
         assert torch.allclose(fn(p, t, reduction="mean"), per.mean())
         assert torch.allclose(fn(p, t, weight=w, reduction="none"), per * w)
@@ -409,7 +421,7 @@ def test_reductions_and_weights(name):
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean", None])
 def test_zero_boxes_stay_on_the_graph(name, reduction):
     x = torch.zeros(0, 4, requires_grad=True)
-    value = get_loss(name)(x, torch.zeros(0, 4), reduction=reduction)
+    value = _unbound(name)(x, torch.zeros(0, 4), reduction=reduction)
     assert torch.isfinite(value).all() and value.requires_grad
     value.sum().backward()
     assert x.grad is not None and x.grad.shape == (0, 4)
@@ -422,12 +434,12 @@ def test_dtype_rule(name, dtype, out):
     t = random_boxes(16, seed=14, dtype=torch.float32)
     p = jittered(t, seed=15)
     x = p.to(dtype).requires_grad_()
-    value = get_loss(name)(x, t.to(dtype))
+    value = _unbound(name)(x, t.to(dtype))
     assert value.dtype == out and torch.isfinite(value)
     value.backward()
     assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
     # Half inputs compute in float32: the same value as float32 inputs given the same numbers.
-    ref = get_loss(name)(x.detach().float(), t.to(dtype).float())
+    ref = _unbound(name)(x.detach().float(), t.to(dtype).float())
     assert torch.allclose(value.float(), ref.float(), rtol=1e-5, atol=1e-6)
 
 

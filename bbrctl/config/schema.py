@@ -395,6 +395,13 @@ def _check_loss(cfg: Mapping[str, Any]) -> None:
         _need(not params, f"loss=baseline (each detector's stock loss) takes no parameters, got loss.params={_show(params)}")
         return
     check_params(name, params)
+    from bbrctl.losses.spec import IMAGE_SIZE_LOSSES
+
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    for key in ("loss_in_assignment", "loss_in_matching"):
+        _need(not (name in IMAGE_SIZE_LOSSES and model.get(key)),
+              f"loss={name} needs each image's size and cannot be the {key.split('_')[-1]} cost; "
+              f"set model.{key}=false")
 
 
 def check_model(cfg: Mapping[str, Any]) -> None:

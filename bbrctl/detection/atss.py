@@ -124,10 +124,10 @@ class ATSS(DenseDetector):
         ctr_t = centerness_targets(anc, gt_pos)
         ctr = torch.nn.functional.binary_cross_entropy_with_logits(
             head["quality"][bi, ai].float(), ctr_t, reduction="sum") / num_pos
-        reg = self.box_loss(head["bbox_regression"][bi, ai], anc, gt_pos, ctr_t)
+        reg = self.box_loss(head["bbox_regression"][bi, ai], anc, gt_pos, ctr_t, image_idx=bi)
         return {"classification": cls, "bbox_regression": reg, "bbox_ctrness": ctr}
 
-    def box_loss(self, deltas: Tensor, anchors: Tensor, gt: Tensor, ctr_t: Tensor) -> Tensor:
+    def box_loss(self, deltas: Tensor, anchors: Tensor, gt: Tensor, ctr_t: Tensor, image_idx=None) -> Tensor:
         if self.reg_weighting == "none":
             ctr_t = torch.ones_like(ctr_t)
         denom = ctr_t.sum().clamp(min=1e-6)
@@ -138,4 +138,4 @@ class ATSS(DenseDetector):
             pred, target = self.decode(deltas, anchors), gt
         else:
             pred, target = deltas, self.encode(gt, anchors)
-        return self.bbr(pred, target, ctr_t / denom, box_weight=ctr_t)
+        return self.bbr(pred, target, ctr_t / denom, box_weight=ctr_t, image_idx=image_idx)

@@ -4,7 +4,10 @@ A checkpoint file is an ordinary ``torch.save`` file that holds::
 
     {"format": 2, "sha256": hex digest of payload, "bytes": len(payload), "iteration": k,
      "payload": uint8 tensor = torch.save({"iteration", "model", "optimizer", "scaler",
-                                           "rng", "elapsed_s", "signature"})}
+                                           "rng", "elapsed_s", "signature", "loss_state"})}
+
+``loss_state`` is the state of stateful losses (Wise-IoU's running mean,
+``bbrctl.detection.heads.loss_states``): a list of {"mean": float64 tensor}.
 
 Why this shape:
 

@@ -303,7 +303,7 @@ class DETR(AssembledDetector):
             pred = boxes[layer, bi, qi]
             if self.bbr is None or self.replaces == "giou":
                 l1 = l1 + (pred - gt[ti]).abs().sum() / num_gt
-            reg = reg + self._box_term(pred, gt[ti], scales[bi], num_gt)
+            reg = reg + self._box_term(pred, gt[ti], scales[bi], num_gt, bi)
         return {"classification": ce * self.w_ce, "bbox_l1": l1 * self.w_bbox, "bbox_regression": reg}
 
     def _num_gt(self, n: int, dev) -> Tensor | float:
@@ -313,14 +313,14 @@ class DETR(AssembledDetector):
             return (t / torch.distributed.get_world_size()).clamp(min=1.0)
         return float(max(n, 1))
 
-    def _box_term(self, pred: Tensor, gt: Tensor, scale: Tensor, num_gt) -> Tensor:
+    def _box_term(self, pred: Tensor, gt: Tensor, scale: Tensor, num_gt, image_idx=None) -> Tensor:
         """The GIoU term (stock) or the configured loss of one layer's matched pairs."""
         if self.bbr is None:
             return generalized_box_iou_loss(_xyxy(pred), _xyxy(gt), reduction="sum") / num_gt * \
                 (self.w_giou * self.stock_weight)
         if self.bbr.space == "boxes":
-            return self.bbr(_xyxy(pred) * scale, _xyxy(gt) * scale, 1.0 / num_gt)
-        return self.bbr(pred, gt, 1.0 / num_gt)
+            return self.bbr(_xyxy(pred) * scale, _xyxy(gt) * scale, 1.0 / num_gt, image_idx=image_idx)
+        return self.bbr(pred, gt, 1.0 / num_gt, image_idx=image_idx)
 
     def _pair_cost_fn(self, gt: Tensor, img_of_gt: Tensor, scales: Tensor, q: int):
         """Matching cost of the configured loss: weight x per-pair loss (L, B*Q, G).

@@ -425,6 +425,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     checkpoint, FloatingPointError when the loss stops being finite.
     """
     from bbrctl.detection.data import build_dataset, ensure_dataset, num_classes
+    from bbrctl.detection.heads import load_loss_states, loss_states
     from bbrctl.detection.models import build_model
 
     t_start = time.perf_counter()
@@ -471,6 +472,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and amp:
             scaler.load_state_dict(state["scaler"])
+        if "loss_state" in state:   # Wise-IoU's running mean (heads.loss_states)
+            load_loss_states(model, state["loss_state"])
         start = int(state["iteration"])
         elapsed_before = float(state.get("elapsed_s", 0.0))
         rng = state.get("rng") or []
@@ -510,7 +513,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
                 "iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if amp else None, "rng": rngs,
                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-                "signature": signature,
+                "signature": signature, "loss_state": loss_states(model),
             })
             if on_checkpoint is not None:
                 on_checkpoint(iteration)

@@ -41,6 +41,14 @@ pass their centerness / IoU weighting as its per-box weight w: sum W w L / sum W
 regression term is finally multiplied by the configured ``weight`` (Sec. 5.2: 1.0 for
 l_n losses, 2.5 for IoU-based ones); with ``loss=baseline`` the stock torchvision term
 is kept and only multiplied by ``weight``.
+
+Losses that take the input image's size (MPDIoU's ``image_size``; any loss function with
+an ``image_size`` keyword) get each pair's own image size after the detector's
+transform: a forward hook on ``model.transform`` records the batch's sizes and every
+head passes the image index of each pair. Stateful losses (Wise-IoU's running mean)
+keep their state on the :class:`BoxRegressionLoss`; ``loss_states`` /
+``load_loss_states`` carry it through checkpoints, and they are called on every step,
+zero positives included, so the ranks' all-reduce of the batch mean stays in step.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetRegressionHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from bbrctl.losses._common import takes_keyword
 
 
 class BoxRegressionLoss:
@@ -74,12 +84,15 @@ class BoxRegressionLoss:
         # Losses whose definition includes the batch normaliser (Eq. 11) say so by
         # their default reduction; all others take the detector's normaliser.
         self.self_normalised = self.fn.default_reduction == "weighted"
+        self.stateful = getattr(self.fn, "state", None) is not None
+        self.wants_image_size = takes_keyword(self.fn, "image_size")
+        self.image_sizes: Optional[Tensor] = None   # (B, 2) (w, h) of the current batch, set by the hook
 
     def __repr__(self) -> str:
         return f"BoxRegressionLoss({self.name!r}, {self.params}, weight={self.weight:g})"
 
     def __call__(self, pred: Tensor, target: Tensor, norm: Tensor | float,
-                 box_weight: Optional[Tensor] = None) -> Tensor:
+                 box_weight: Optional[Tensor] = None, image_idx: Optional[Tensor] = None) -> Tensor:
         """Weighted regression loss of the positive pairs ``pred``/``target`` (P, 4).
 
         ``norm``: per-pair factor (P,) or a scalar such that ``sum(norm * L)`` is the
@@ -87,17 +100,69 @@ class BoxRegressionLoss:
         ``box_weight``: the detector's own per-pair weighting (ATSS: centerness, PAA:
         IoU), detached, which ``norm`` already holds for the other losses; a
         self-normalised loss carries it inside Eq. 11, sum(W w L) / sum(W w).
+        ``image_idx`` (P,): the batch image of each pair, for losses taking ``image_size``.
         """
-        if pred.shape[0] == 0:
+        if pred.shape[0] == 0 and not self.stateful:
             # Keeps the graph connected so DDP sees a gradient for every parameter.
             return pred.sum() * 0.0
         pred, target = pred.float(), target.float()
+        kw = {"image_size": self.pair_image_sizes(image_idx, pred.shape[0])} if self.wants_image_size else {}
         if self.self_normalised:
             w = None if box_weight is None else box_weight.detach().float()
-            loss = self.fn(pred, target, weight=w, reduction="weighted")
+            loss = self.fn(pred, target, weight=w, reduction="weighted", **kw)
         else:
-            loss = (self.fn(pred, target, reduction="none") * norm).sum()
+            loss = (self.fn(pred, target, reduction="none", **kw) * norm).sum()
         return loss * self.weight
+
+    def pair_image_sizes(self, image_idx: Optional[Tensor], n: int) -> Tensor:
+        """(n, 2) input-image (width, height) of each pair of the current batch."""
+        sizes = self.image_sizes
+        if sizes is None:
+            raise RuntimeError(f"loss {self.name!r} needs the input image sizes; install it with install_bbr_loss "
+                               "on a detector with a `transform` (its forward hook records them)")
+        if image_idx is None:
+            if sizes.shape[0] != 1 and not bool((sizes == sizes[:1]).all()):
+                raise RuntimeError(f"loss {self.name!r} needs each pair's image, and this head passed none")
+            return sizes[:1].expand(n, 2)
+        return sizes.to(image_idx.device)[image_idx]
+
+    def state_dict(self) -> Optional[dict]:
+        return self.fn.state.state_dict() if self.stateful else None
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fn.state.load_state_dict(state)
+
+
+def _record_image_sizes(bbr: "BoxRegressionLoss"):
+    """Forward hook for ``model.transform``: the batch's (w, h) sizes after resizing."""
+    def hook(module, inputs, outputs) -> None:
+        hw = torch.tensor(outputs[0].image_sizes, dtype=torch.float32, device=outputs[0].tensors.device)
+        bbr.image_sizes = hw.flip(1) if hw.numel() else hw.reshape(0, 2)
+    return hook
+
+
+def bbr_losses(model: torch.nn.Module) -> list["BoxRegressionLoss"]:
+    """The distinct BoxRegressionLoss objects installed in ``model``, in module order."""
+    out: list[BoxRegressionLoss] = []
+    for m in model.modules():
+        b = getattr(m, "bbr", None)
+        if isinstance(b, BoxRegressionLoss) and all(b is not o for o in out):
+            out.append(b)
+    return out
+
+
+def loss_states(model: torch.nn.Module) -> list[dict]:
+    """The state of each stateful installed loss (checkpoint payload: tensors and dicts only)."""
+    return [b.state_dict() for b in bbr_losses(model) if b.stateful]
+
+
+def load_loss_states(model: torch.nn.Module, states: list[dict]) -> None:
+    """Restore what :func:`loss_states` saved (same config, so the same losses)."""
+    mine = [b for b in bbr_losses(model) if b.stateful]
+    if len(mine) != len(states or []):
+        raise RuntimeError(f"the checkpoint holds {len(states or [])} loss states, this model's loss has {len(mine)}")
+    for b, st in zip(mine, states or []):
+        b.load_state_dict(st)
 
 
 def _gather_gt(targets: list[dict[str, Tensor]], img_idx: Tensor, gt_idx: Tensor) -> Tensor:
@@ -132,7 +197,7 @@ class RetinaNetRegressionHeadBBR(RetinaNetRegressionHead):
         pred = regression[img_idx, anchor_idx]
         norm = 1.0 / (num_fg[img_idx].float() * max(1, len(targets)))
         pred, target = _to_space(self.bbr.space, self.box_coder, pred, anc, gt)
-        return self.bbr(pred, target, norm)
+        return self.bbr(pred, target, norm, image_idx=img_idx)
 
 
 class FCOSHeadBBR(FCOSHead):
@@ -163,7 +228,7 @@ class FCOSHeadBBR(FCOSHead):
             pred, target = self.box_coder.decode(pred.float(), anc), gt
         else:
             target = self.box_coder.encode(anc, gt)
-        losses["bbox_regression"] = self.bbr(pred, target, norm)
+        losses["bbox_regression"] = self.bbr(pred, target, norm, image_idx=img_idx)
         return losses
 
 
@@ -218,13 +283,20 @@ class RoIHeadsBBR(RoIHeads):
         box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
         pred = box_regression[pos, labels_pos]
         norm = 1.0 / max(1, labels_all.numel())
+        image_idx = _image_of(labels, pos)
         if self.bbr.space == "deltas":
             target = torch.cat(regression_targets)[pos]
-            return self.bbr(pred, target, norm)
+            return self.bbr(pred, target, norm, image_idx=image_idx)
         props = torch.cat(proposals)[pos]
         gt = torch.cat([_matched_gt(t["boxes"], m, props.dtype) for t, m in zip(targets, matched_idxs)])[pos]
         pred_boxes = self.box_coder.decode_single(pred.float(), props)
-        return self.bbr(pred_boxes, gt, norm)
+        return self.bbr(pred_boxes, gt, norm, image_idx=image_idx)
+
+
+def _image_of(per_image: list[Tensor], idx: Tensor) -> Tensor:
+    """Batch image of each index ``idx`` into ``torch.cat(per_image)``."""
+    counts = torch.tensor([int(t.shape[0]) for t in per_image], device=idx.device)
+    return torch.repeat_interleave(torch.arange(len(per_image), device=idx.device), counts)[idx]
 
 
 def _matched_gt(boxes: Tensor, matched_idxs: Tensor, dtype) -> Tensor:
@@ -267,12 +339,13 @@ class RegionProposalNetworkBBR(RegionProposalNetwork):
             objectness.flatten()[sampled], torch.cat(labels)[sampled])
         pred = pred_bbox_deltas[pos]
         norm = 1.0 / max(1, sampled.numel())
+        image_idx = _image_of(labels, pos)
         if self.bbr.space == "deltas":
-            return objectness_loss, self.bbr(pred, torch.cat(regression_targets)[pos], norm)
+            return objectness_loss, self.bbr(pred, torch.cat(regression_targets)[pos], norm, image_idx=image_idx)
         anchors = torch.cat(record["anchors"])[pos]
         gt = torch.cat(record["matched_gt_boxes"])[pos]
         pred_boxes = self.box_coder.decode_single(pred.float(), anchors)
-        return objectness_loss, self.bbr(pred_boxes, gt, norm)
+        return objectness_loss, self.bbr(pred_boxes, gt, norm, image_idx=image_idx)
 
 
 def _to_space(space: str, coder, pred: Tensor, anchors: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
@@ -292,6 +365,15 @@ def _swap(module: torch.nn.Module, cls: type, bbr: Optional[BoxRegressionLoss], 
     module.stock_weight = float(stock_weight)
 
 
+def _hook_image_sizes(model: torch.nn.Module, bbr: Optional[BoxRegressionLoss]) -> None:
+    old = getattr(model, "_bbr_image_size_hook", None)
+    if old is not None:
+        old.remove()
+        model._bbr_image_size_hook = None
+    if bbr is not None and bbr.wants_image_size and hasattr(model, "transform"):
+        model._bbr_image_size_hook = model.transform.register_forward_hook(_record_image_sizes(bbr))
+
+
 def install_bbr_loss(model: torch.nn.Module, loss_name: str, params: Optional[Mapping[str, Any]] = None,
                      weight: float = 1.0, loss_in_rpn: bool = False) -> torch.nn.Module:
     """Make ``model`` (a torchvision RetinaNet, FCOS, Faster or Mask R-CNN) use the loss.
@@ -304,6 +386,7 @@ def install_bbr_loss(model: torch.nn.Module, loss_name: str, params: Optional[Ma
     from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
     bbr = None if loss_name == "baseline" else BoxRegressionLoss(loss_name, params, weight)
+    _hook_image_sizes(model, bbr)
     own = getattr(model, "install_bbr_loss", None)
     if own is not None:  # ATSS, PAA, DETR (bbrctl.detection.detectors) apply it themselves
         own(bbr, weight)

@@ -279,9 +279,9 @@ class PAA(DenseDetector):
             reg = (generalized_box_iou_loss(boxes, gt_pos, reduction="none") * w).sum() / den * \
                 (STOCK_GIOU_WEIGHT * self.stock_weight)
         elif self.bbr.space == "boxes":
-            reg = self.bbr(boxes, gt_pos, w / den, box_weight=box_w)
+            reg = self.bbr(boxes, gt_pos, w / den, box_weight=box_w, image_idx=bi)
         else:
-            reg = self.bbr(deltas, self.encode(gt_pos, anc), w / den, box_weight=box_w)
+            reg = self.bbr(deltas, self.encode(gt_pos, anc), w / den, box_weight=box_w, image_idx=bi)
         return {"classification": cls, "bbox_regression": reg, "bbox_iou": iou}
 
     # ---------------------------------------------------------------- inference

@@ -6,7 +6,9 @@
 
 Importing this package does not import torch (the orchestration commands read the
 metadata in ``spec``); ``get_loss`` and the per-loss functions (``eiou_loss``,
-``focal_l1_loss``, ..., and ``box_iou_aligned``) are loaded on first access.
+``focal_l1_loss``, ..., the successors ``siou_loss`` ... ``focaler_iou_loss``, the
+Wise-IoU ``wiou_v*_loss`` with their ``RunningMean``, and ``box_iou_aligned``) are loaded
+on first access.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ _LAZY = {
     "focal_eiou_loss": "boxes",
     "focal_eiou_v1_loss": "boxes",
     "focal_eiou_star_loss": "boxes",
+    "siou_loss": "successors",
+    "alpha_iou_loss": "successors",
+    "mpdiou_loss": "successors",
+    "inner_iou_loss": "successors",
+    "shape_iou_loss": "successors",
+    "focaler_iou_loss": "successors",
+    "wiou_v1_loss": "wise",
+    "wiou_v2_loss": "wise",
+    "wiou_v3_loss": "wise",
+    "RunningMean": "wise",
     "l1_loss": "deltas",
     "smooth_l1_loss": "deltas",
     "balanced_l1_loss": "deltas",

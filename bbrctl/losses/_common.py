@@ -11,6 +11,18 @@ from __future__ import annotations
 from bbrctl.losses.spec import REDUCTIONS, WEIGHTED
 
 
+def takes_keyword(fn, keyword: str) -> bool:
+    """Whether the loss ``fn`` (a BoundLoss or a plain function) accepts ``keyword``, e.g.
+    MPDIoU's ``image_size``, which callers that know the image (detectors, the simulation)
+    then pass."""
+    import inspect
+
+    try:
+        return keyword in inspect.signature(getattr(fn, "_fn", fn)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def compute_dtype(*tensors):
     import torch
 

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from bbrctl.losses.spec import SPECS, check_params
 
-# name -> (module, function); one function per loss, in bbrctl.losses.deltas / .boxes.
+# name -> (module, function); one function per loss, in bbrctl.losses.deltas / .boxes /
+# .successors / .wise.
 FUNCTIONS: dict[str, tuple[str, str]] = {
     "l1": ("deltas", "l1_loss"),
     "smooth_l1": ("deltas", "smooth_l1_loss"),
@@ -25,6 +26,15 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "focal_eiou": ("boxes", "focal_eiou_loss"),
     "focal_eiou_v1": ("boxes", "focal_eiou_v1_loss"),
     "focal_eiou_star": ("boxes", "focal_eiou_star_loss"),
+    "siou": ("successors", "siou_loss"),
+    "alpha_iou": ("successors", "alpha_iou_loss"),
+    "wiou_v1": ("wise", "wiou_v1_loss"),
+    "wiou_v2": ("wise", "wiou_v2_loss"),
+    "wiou_v3": ("wise", "wiou_v3_loss"),
+    "mpdiou": ("successors", "mpdiou_loss"),
+    "inner_iou": ("successors", "inner_iou_loss"),
+    "shape_iou": ("successors", "shape_iou_loss"),
+    "focaler_iou": ("successors", "focaler_iou_loss"),
 }
 
 
@@ -41,10 +51,12 @@ class BoundLoss:
     Attributes: ``name``, ``space`` ("boxes": decoded xyxy; "deltas": encoded deltas),
     ``params`` (the full, validated parameter dict), ``default_reduction`` (used when
     ``reduction`` is None; "weighted" = Eq. 11 for the focal EIoU losses, else "mean"),
-    ``reductions`` (the accepted values).
+    ``reductions`` (the accepted values), ``state`` (a stateful loss's own state, e.g.
+    Wise-IoU's running mean ``bbrctl.losses.wise.RunningMean``, passed on every call;
+    None for the others).
     """
 
-    __slots__ = ("name", "space", "params", "default_reduction", "reductions", "_fn")
+    __slots__ = ("name", "space", "params", "default_reduction", "reductions", "_fn", "state")
 
     def __init__(self, name: str, params: dict[str, Any]):
         spec = SPECS[name]
@@ -54,8 +66,15 @@ class BoundLoss:
         self.default_reduction = spec.default_reduction
         self.reductions = spec.reductions
         self._fn = loss_function(name)
+        self.state = None
+        if spec.stateful:
+            from bbrctl.losses.wise import RunningMean
+
+            self.state = RunningMean()
 
     def __call__(self, pred, target, weight=None, reduction: str | None = None, **kwargs):
+        if self.state is not None:
+            kwargs.setdefault("state", self.state)
         return self._fn(pred, target, weight=weight, reduction=reduction or self.default_reduction,
                         **self.params, **kwargs)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bbrctl.errors import UserError
 
@@ -23,6 +23,14 @@ BOXES = "boxes"
 # the losses that carry a focal weight W.
 REDUCTIONS = ("none", "mean", "sum")
 WEIGHTED = "weighted"
+
+# The IoU losses Alpha-IoU raises to alpha (arXiv 2110.13675), and those Inner-IoU and
+# Focaler-IoU modify (arXiv 2311.02877, 2401.10525).
+ALPHA_BASES = ("iou", "giou", "diou", "ciou")
+AUX_BASES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+# Losses whose call needs the input image's size (MPDIoU, 2307.07662): detectors pass each
+# pair's image; an assignment or matching cost, which has no image per pair, cannot use them.
+IMAGE_SIZE_LOSSES = ("mpdiou",)
 
 
 class LossParamError(UserError, ValueError):
@@ -41,8 +49,11 @@ class Param:
     low_open: bool = False  # True: value must be > low, not >= low
     nullable: bool = False
     doc: str = ""
+    choices: tuple[str, ...] | None = None  # set: the value is one of these strings, not a number
 
     def describe(self) -> str:
+        if self.choices is not None:
+            return f"one of {', '.join(self.choices)}"
         if self.low is not None and self.high is not None:
             return f"[{_fmt(self.low)}, {_fmt(self.high)}]"
         if self.low is not None:
@@ -57,6 +68,11 @@ class LossSpec:
     params: Mapping[str, Param] = field(default_factory=dict)
     doc: str = ""
     default_reduction: str = "mean"
+    # Cross-parameter rule on the full parameter dict: the one-line problem, or None if fine.
+    check: Callable[[Mapping[str, Any]], str | None] | None = None
+    # True: the loss keeps state between calls (WIoU's running mean, bbrctl.losses.wise);
+    # get_loss binds a fresh state to each BoundLoss.
+    stateful: bool = False
 
     @property
     def reductions(self) -> tuple[str, ...]:
@@ -95,6 +111,37 @@ SPECS: dict[str, LossSpec] = {
                  "Focal-EIoU v1: FocalL1 of the EIoU loss (Sec. 5.4.4)"),
         LossSpec("focal_eiou_star", BOXES, {"gamma": Param(0.5, 0.0, None, doc="focal-loss exponent")},
                  "Focal-EIoU*: -(1-IoU)^gamma log(IoU) EIoU (Sec. 5.4.4)", default_reduction=WEIGHTED),
+        # The losses published after Focal-EIoU (bbrctl.losses.successors, .wise).
+        LossSpec("siou", BOXES, {"theta": Param(4.0, 1.0, None, doc="shape-cost exponent (paper: 2-6)")},
+                 "SIoU: angle, distance and shape costs (arXiv 2205.12740)"),
+        LossSpec("alpha_iou", BOXES, {
+            "alpha": Param(3.0, 0.0, None, low_open=True, doc="power of IoU and of each penalty term"),
+            "base": Param("iou", choices=ALPHA_BASES, doc="the IoU loss raised to alpha"),
+        }, "Alpha-IoU: 1 - IoU^alpha + penalty^alpha (arXiv 2110.13675)"),
+        LossSpec("wiou_v1", BOXES, {}, "Wise-IoU v1: distance attention times the IoU loss (arXiv 2301.10051)"),
+        LossSpec("wiou_v2", BOXES, {
+            "gamma": Param(0.5, 0.0, None, low_open=True, doc="monotonic focusing exponent"),
+            "momentum": Param(0.01, 0.0, 1.0, low_open=True, doc="running mean of the IoU loss"),
+        }, "Wise-IoU v2: monotonic focusing (arXiv 2301.10051)", stateful=True),
+        LossSpec("wiou_v3", BOXES, {
+            "alpha": Param(1.9, 1.0, None, low_open=True, doc="non-monotonic focusing base"),
+            "delta": Param(3.0, 0.0, None, low_open=True, doc="outlier degree where r = 1"),
+            "momentum": Param(0.01, 0.0, 1.0, low_open=True, doc="running mean of the IoU loss"),
+        }, "Wise-IoU v3: non-monotonic focusing (arXiv 2301.10051)", stateful=True),
+        LossSpec("mpdiou", BOXES, {},
+                 "MPDIoU: corner distances over the image's w^2 + h^2 (arXiv 2307.07662; needs image_size)"),
+        LossSpec("inner_iou", BOXES, {
+            "ratio": Param(0.7, 0.0, None, low_open=True, doc="auxiliary box scale (paper: 0.5-1.5)"),
+            "base": Param("iou", choices=AUX_BASES, doc="the loss Inner-IoU modifies"),
+        }, "Inner-IoU: IoU of auxiliary boxes scaled about the centres (arXiv 2311.02877)"),
+        LossSpec("shape_iou", BOXES, {"scale": Param(0.0, 0.0, None, doc="target-size exponent (paper: 0-1.5)")},
+                 "Shape-IoU: distance and shape costs weighted by the target's shape (arXiv 2312.17663)"),
+        LossSpec("focaler_iou", BOXES, {
+            "d": Param(0.0, 0.0, 1.0, doc="IoU mapped to 0 at and below d"),
+            "u": Param(0.95, 0.0, 1.0, doc="IoU mapped to 1 at and above u"),
+            "base": Param("iou", choices=AUX_BASES, doc="the loss Focaler-IoU modifies"),
+        }, "Focaler-IoU: IoU mapped linearly between d and u (arXiv 2401.10525)",
+            check=lambda p: None if p["d"] < p["u"] else f"d={p['d']:g} must be < u={p['u']:g}"),
     ]
 }
 
@@ -118,6 +165,11 @@ def check_params(name: str, params: Mapping[str, Any] | None = None) -> dict[str
     out = {k: p.default for k, p in spec.params.items()}
     for key, value in params.items():
         p = spec.params[key]
+        if p.choices is not None:
+            if value not in p.choices:
+                raise LossParamError(f"{name}.{key}={value!r} is not valid; valid: {p.describe()}")
+            out[key] = value
+            continue
         if value is None:
             if not p.nullable:
                 raise LossParamError(f"{name}.{key} must be a number in {p.describe()}, got null")
@@ -140,6 +192,9 @@ def check_params(name: str, params: Mapping[str, Any] | None = None) -> dict[str
         if p.high is not None:
             v = min(v, p.high)
         out[key] = v
+    problem = spec.check(out) if spec.check is not None else None
+    if problem:
+        raise LossParamError(f"{name}: {problem}")
     return out
 
 

@@ -320,6 +320,26 @@ def regress(loss_fn, anchors, targets, cfg: SimConfig, *, weighted: bool = False
     )
 
 
+class WithImageSize:
+    """A loss with its ``image_size`` bound (MPDIoU in the simulation: the canvas)."""
+
+    def __init__(self, fn, image_size):
+        self.fn, self.image_size = fn, image_size
+        self.name = getattr(fn, "name", "?")
+        self.reductions = getattr(fn, "reductions", ())
+        self.state = getattr(fn, "state", None)
+
+    def __call__(self, pred, target, **kw):
+        return self.fn(pred, target, image_size=self.image_size, **kw)
+
+
+def bind_image_size(fn, image_size):
+    """``fn`` itself, or wrapped to receive ``image_size`` if it takes one."""
+    from bbrctl.losses._common import takes_keyword
+
+    return WithImageSize(fn, image_size) if takes_keyword(fn, "image_size") else fn
+
+
 def default_loss_factory(name: str, **params):
     from bbrctl.losses import get_loss
 
@@ -356,11 +376,15 @@ def simulate(cfg: SimConfig, device: str = "cpu", *, loss_factory=default_loss_f
     anchors, targets = build_pairs(cfg, dev)
     traces = {}
     for name in cfg.losses:
-        fn = loss_factory(name, **cfg.loss_params(name))
+        fn = bind_image_size(loss_factory(name, **cfg.loss_params(name)), cfg.image_size)
         # Eq. 11 applies to the losses that carry a focal weight (Focal-EIoU, Focal-EIoU*).
         weighted = cfg.focal_reduction == "weighted" and "weighted" in getattr(fn, "reductions", ())
         cb = (lambda t, _n=name: progress(_n, t)) if progress is not None else None
-        tr = regress(fn, anchors, targets, cfg, weighted=weighted, progress=cb, keep_final=keep_final)
+        # A stateful loss (Wise-IoU's running mean of the IoU loss) sees every pair in one
+        # call per iteration: the iteration is its batch, updated once, frozen pairs included.
+        whole = getattr(fn, "state", None) is not None
+        tr = regress(fn, anchors, targets, cfg, weighted=weighted, progress=cb, keep_final=keep_final,
+                     **({"compact": False, "chunk": 0} if whole else {}))
         tr.loss = name
         traces[name] = tr
     return traces

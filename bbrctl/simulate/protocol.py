@@ -68,9 +68,16 @@ SETUPS: dict[int, SetupSpec] = {
 }
 
 # The IoU-family losses the simulation accepts (regression in box space) and its default set.
-SIM_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "focal_eiou_v1", "focal_eiou_star")
+SIM_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "focal_eiou_v1", "focal_eiou_star",
+              # the successors (bbrctl.losses.successors, .wise), run beside the paper's with --losses
+              "siou", "alpha_iou", "wiou_v1", "wiou_v2", "wiou_v3", "mpdiou", "inner_iou", "shape_iou",
+              "focaler_iou")
 DEFAULT_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "focal_eiou")
 DTYPES = ("float32", "float64")
+# MPDIoU normalises by the input image's w^2 + h^2; the simulation has no image, so it uses
+# its canvas: the square of side CANVAS * sqrt(target_area) (setup 1 draws anchor centres in
+# [0, 20]^2; both setups' targets sit at its centre (10, 10), setup 2's anchors inside it).
+CANVAS = 20.0
 FOCAL_REDUCTIONS = ("weighted", "none")
 
 
@@ -112,6 +119,12 @@ class SimConfig:
         if name == "focal_eiou_v1":
             return {"beta": self.beta}
         return {}
+
+    @property
+    def image_size(self) -> tuple[float, float]:
+        """(w, h) of the canvas MPDIoU is normalised by (see CANVAS)."""
+        side = CANVAS * math.sqrt(self.target_area)
+        return (side, side)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bbrctl.errors import UserError
-from bbrctl.simulate.protocol import SIM_LOSSES, parse_losses, step_size
+from bbrctl.simulate.protocol import CANVAS, SIM_LOSSES, parse_losses, step_size
 
 FIG1_TARGET = (0.0, 0.0, 1.0, 1.0)
 FIG1_ANCHOR = (4.0, 2.0, 1.0, 2.4)
@@ -86,7 +86,8 @@ def trajectories(cfg: SingleConfig, loss_factory=None, params: dict[str, dict] |
     """{loss: rows} with one row (iteration, x, y, w, h, iou) per iteration 0..T."""
     import torch
 
-    from bbrctl.simulate.descent import default_loss_factory, descend_, iou_rows, loss_grad, xywh_rows_to_xyxy
+    from bbrctl.simulate.descent import (bind_image_size, default_loss_factory, descend_, iou_rows, loss_grad,
+                                         xywh_rows_to_xyxy)
 
     loss_factory = loss_factory or default_loss_factory
     f64 = torch.float64
@@ -96,7 +97,8 @@ def trajectories(cfg: SingleConfig, loss_factory=None, params: dict[str, dict] |
     min_wh = cfg.min_size * math.sqrt(cfg.target[2] * cfg.target[3])
     out = {}
     for name in cfg.losses:
-        fn = loss_factory(name, **(params or {}).get(name, {}))
+        side = CANVAS * math.sqrt(cfg.target[2] * cfg.target[3])   # MPDIoU's image (protocol.CANVAS)
+        fn = bind_image_size(loss_factory(name, **(params or {}).get(name, {})), (side, side))
         weighted = "weighted" in getattr(fn, "reductions", ())
         b = torch.tensor(cfg.anchor, dtype=f64).reshape(4, 1)
         iou = iou_rows(b, tg, t_area)
