@@ -43,6 +43,7 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
         paths = ",".join(f"file://{d}" for d in user_dirs)
         hydra_overrides.append(f"hydra.searchpath=[{paths}]")
 
+    _store_user_losses(overrides, user_dirs)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(package_config_dir()), version_base="1.3", job_name="bbrctl"):
@@ -66,6 +67,32 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
     if validate:
         schema.validate(to_container(cfg))
     return cfg
+
+
+def _store_user_losses(overrides: Sequence[str], user_dirs) -> None:
+    """Make ``loss=<name>`` choose a registered or entry-point loss that has no loss/<name>.yaml.
+
+    Its option is put in Hydra's ConfigStore as the config file it stands for
+    (bbrctl.losses.user.config_node: the whole declaration, so other processes re-import it).
+    Only the names chosen are looked up: no other user module is imported.
+    """
+    files = None
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if not sep or key.lstrip("+") != "loss" or key.startswith("~"):
+            continue
+        value = value.strip()
+        if files is None:
+            files = set(group_options("loss", user_dirs, include_registered=False))
+        if value in files:
+            continue
+        from bbrctl.losses import user
+
+        node = user.config_node(value)
+        if node is not None:
+            from hydra.core.config_store import ConfigStore
+
+            ConfigStore.instance().store(group="loss", name=value, node=node, package="_global_")
 
 
 def to_yaml(cfg) -> str:

@@ -7,6 +7,10 @@
 Importing this package does not import torch (the orchestration commands read the
 metadata in ``spec``); ``get_loss`` and the per-loss functions (``eiou_loss``,
 ``focal_l1_loss``, ..., and ``box_iou_aligned``) are loaded on first access.
+
+A user's own loss joins the same registry (``bbrctl.losses.user``): a ``loss/<name>.yaml``
+with ``loss.target``, an entry point in the group ``bbrctl.losses``, or
+``register_loss(name, fn, space=..., params=...)``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ _LAZY = {
     "get_loss": "registry",
     "loss_function": "registry",
     "BoundLoss": "registry",
+    "register_loss": "user",
     "box_iou_aligned": "boxes",
     "iou_loss": "boxes",
     "giou_loss": "boxes",
