@@ -302,3 +302,34 @@ def test_the_simulation_runs_a_user_loss_beside_the_paper_losses(clean_registry,
     register_loss("deltas_loss", user_loss_pkg.user_l1, space="deltas")
     with pytest.raises(UserError, match="'deltas_loss' is not an IoU-family loss"):
         make_config(setup=2, losses="deltas_loss")
+
+
+def test_built_in_configs_and_sweeps_still_import_no_torch(tmp_path):
+    """Looking for user losses (registry, entry-point names) must not cost built-in users torch."""
+    code = ("import sys\nfrom bbrctl import config as C, sweep as S\n"
+            "C.to_container(C.compose(['loss=eiou']))\nS.expand(['loss=eiou,giou', 'seed=0,1'])\n"
+            "C.group_options('loss')\nassert 'torch' not in sys.modules, 'torch imported'\n")
+    out = __import__("subprocess").run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                                       timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_job_whose_loss_was_edited_after_it_was_signed_refuses_to_run(clean_registry, tmp_path, monkeypatch):
+    from bbrctl import store
+    from bbrctl.train import check_signature
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    src = Path(user_loss_pkg.__file__).read_text()
+    (pkg / "editedmod.py").write_text(src)
+    monkeypatch.syspath_prepend(str(pkg))
+    cfgdir = tmp_path / "cfg"
+    _loss_yaml(cfgdir, "corner", CORNER.replace("user_loss_pkg", "editedmod"))
+    cfg = C.to_container(C.compose(["loss=corner"], [cfgdir]))
+    run_dir = tmp_path / "runs" / "r"
+    store.prepare_run_dir(run_dir, cfg, signature=C.signature(cfg), name="corner", sweep=None)
+    assert check_signature(run_dir, cfg) == C.signature(cfg)
+    (pkg / "editedmod.py").write_text(src.replace("* scale", "* scale * 2"))
+    with pytest.raises(UserError, match=r"the code of loss 'corner' \(editedmod:corner_l1\) or .* changed after the "
+                                        r"job was signed .* run the sweep again"):
+        check_signature(run_dir, cfg)
