@@ -103,6 +103,24 @@ def test_guide_local_part(installed):
     check_row(_report_row(out.stdout, "RetinaNet + my_iou"))
 
 
+def test_guide_prose_claims_param_sweep_and_simulation(installed):
+    """The guide's prose: `sweep loss=my_iou loss.params.lam=0,0.5,1` and `simulate --losses eiou,my_iou`."""
+    work, env, _ = installed
+    out = run_cli(["sweep", "loss=my_iou", "loss.params.lam=0,0.5,1", "--name", "lam", "--dry-run"], work, env=env)
+    assert out.returncode == 0 and "3 job" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert not (work / "runs" / "lam").exists()
+    out = run_cli(["sweep", "loss=my_iou", "loss.params.lam=0,20", "--name", "lam"], work, env=env)
+    assert out.returncode == 2 and "my_iou.lam=20 is out of range; valid: [0, 10]" in out.stderr, out.stderr
+    assert not (work / "runs" / "lam").exists()
+    sim = work / "sim"
+    out = run_cli(["simulate", "--setup", "2", "--losses", "eiou,my_iou", "--iterations", "4", "--points", "2",
+                   "--no-plots", "-q", "--device", "cpu", "--out", str(sim)], work, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads((sim / "summary.json").read_text())
+    assert set(summary["losses"]) == {"eiou", "my_iou"}
+    assert summary["config"]["loss_code"]["my_iou"]["target"] == "my_bbr_loss:my_iou"
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(900)

@@ -333,3 +333,38 @@ def test_a_job_whose_loss_was_edited_after_it_was_signed_refuses_to_run(clean_re
     with pytest.raises(UserError, match=r"the code of loss 'corner' \(editedmod:corner_l1\) or .* changed after the "
                                         r"job was signed .* run the sweep again"):
         check_signature(run_dir, cfg)
+
+
+_finite = __import__("hypothesis").strategies.floats(-1e6, 1e6, allow_nan=False)
+
+
+@__import__("hypothesis").given(a=_finite, b=_finite, v=_finite)
+def test_a_declared_range_accepts_exactly_its_closed_interval(a, b, v):
+    low, high = min(a, b), max(a, b)
+    default = (low + high) / 2
+    try:
+        register_loss("ranged", user_loss_pkg.corner_l1, params={"scale": default}, param_ranges={"scale": [low, high]})
+        inside = low - 1e-8 <= v <= high + 1e-8
+        if inside:
+            got = get_loss("ranged", scale=v).params["scale"]
+            assert low <= got <= high and abs(got - v) <= 1e-8
+        else:
+            with pytest.raises(LossParamError, match="is out of range"):
+                get_loss("ranged", scale=v)
+    finally:
+        for d in (SPECS, user._FUNCTIONS, user._TARGETS, user._WEIGHTS):
+            d.pop("ranged", None)
+
+
+def test_a_registered_option_lasts_one_composition_only(clean_registry, tmp_path):
+    """The ConfigStore node of `loss=<registered>` must not become the schema of a later loss/<name>.yaml."""
+    import warnings
+
+    register_loss("corner", user_loss_pkg.corner_l1, space="boxes", weight=3.0, param_ranges={"scale": [0, 100]})
+    assert C.to_container(C.compose(["loss=corner"]))["weight"] == 3.0
+    cfgdir = tmp_path / "cfg"
+    _loss_yaml(cfgdir, "corner", CORNER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = C.to_container(C.compose(["loss=corner"], [cfgdir]))
+    assert cfg["weight"] == 2.5 and cfg["loss"]["param_ranges"] == {"scale": [0.0, 10.0]}

@@ -43,7 +43,7 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
         paths = ",".join(f"file://{d}" for d in user_dirs)
         hydra_overrides.append(f"hydra.searchpath=[{paths}]")
 
-    _store_user_losses(overrides, user_dirs)
+    stored = _store_user_losses(overrides, user_dirs)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(package_config_dir()), version_base="1.3", job_name="bbrctl"):
@@ -58,6 +58,7 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
         raise UserError(one_line(f"invalid config: {e}")) from None
     finally:
         GlobalHydra.instance().clear()
+        _unstore(stored)
 
     try:
         if resolve:
@@ -69,13 +70,16 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
     return cfg
 
 
-def _store_user_losses(overrides: Sequence[str], user_dirs) -> None:
+def _store_user_losses(overrides: Sequence[str], user_dirs) -> list[str]:
     """Make ``loss=<name>`` choose a registered or entry-point loss that has no loss/<name>.yaml.
 
     Its option is put in Hydra's ConfigStore as the config file it stands for
-    (bbrctl.losses.user.config_node: the whole declaration, so other processes re-import it).
-    Only the names chosen are looked up: no other user module is imported.
+    (bbrctl.losses.user.config_node: the whole declaration, so other processes re-import it)
+    for this one composition (``_unstore``: a stored node would otherwise outlive it and be
+    merged into a later loss/<name>.yaml as its schema). Only the names chosen are looked
+    up: no other user module is imported.
     """
+    stored: list[str] = []
     files = None
     for ov in overrides:
         key, sep, value = ov.partition("=")
@@ -93,6 +97,17 @@ def _store_user_losses(overrides: Sequence[str], user_dirs) -> None:
             from hydra.core.config_store import ConfigStore
 
             ConfigStore.instance().store(group="loss", name=value, node=node, package="_global_")
+            stored.append(value)
+    return stored
+
+
+def _unstore(names: list[str]) -> None:
+    if names:
+        from hydra.core.config_store import ConfigStore
+
+        group = ConfigStore.instance().repo.get("loss", {})
+        for name in names:
+            group.pop(f"{name}.yaml", None)
 
 
 def to_yaml(cfg) -> str:
