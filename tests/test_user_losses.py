@@ -368,3 +368,14 @@ def test_a_registered_option_lasts_one_composition_only(clean_registry, tmp_path
         warnings.simplefilter("error")
         cfg = C.to_container(C.compose(["loss=corner"], [cfgdir]))
     assert cfg["weight"] == 2.5 and cfg["loss"]["param_ranges"] == {"scale": [0.0, 10.0]}
+
+
+def test_only_numeric_keyword_defaults_become_parameters(clean_registry):
+    def f(pred, target, weight=None, reduction="mean", k=2, mode="sum", flag=True, gate=None, eps=1e-7):
+        return (pred - target).abs().sum(dim=1) * k if reduction == "none" else (pred - target).abs().mean() * k
+
+    f.__module__ = "__main__"
+    spec = register_loss("numeric", f)
+    assert sorted(spec.params) == ["eps", "gate", "k"]
+    with pytest.raises(LossParamError, match="parameter mode='max' must be a number"):
+        register_loss("numeric2", f, params={"mode": "max"})

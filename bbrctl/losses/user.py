@@ -124,7 +124,11 @@ def _as_params(name: str, fn: Callable, params: Mapping[str, Any] | None,
                                        if k not in CONTRACT and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if params is not None and not isinstance(params, Mapping):
         raise LossParamError(f"loss {name!r}: params must map parameter names to default numbers, got {params!r}")
-    merged: dict[str, Any] = {k: p.default for k, p in keywords.items() if p.default is not p.empty}
+    # Keyword defaults that are numbers (or None) are parameters bbrctl can set and sweep;
+    # others (strings, flags) stay the function's own business.
+    merged: dict[str, Any] = {k: p.default for k, p in keywords.items()
+                              if p.default is None or (isinstance(p.default, (int, float))
+                                                       and not isinstance(p.default, bool))}
     merged.update({str(k): v for k, v in (params or {}).items()})
     ranges = dict(ranges or {})
     out: dict[str, Param] = {}
