@@ -379,3 +379,18 @@ def test_only_numeric_keyword_defaults_become_parameters(clean_registry):
     assert sorted(spec.params) == ["eps", "gate", "k"]
     with pytest.raises(LossParamError, match="parameter mode='max' must be a number"):
         register_loss("numeric2", f, params={"mode": "max"})
+
+
+def test_the_probe_runs_once_per_parameter_set(clean_registry, tmp_path, monkeypatch):
+    from bbrctl.losses import probe as P
+
+    calls = []
+    real = P.probe_loss
+    monkeypatch.setattr(P, "probe_loss", lambda *a, **k: (calls.append(a[3]), real(*a, **k)))
+    cfgdir = tmp_path / "cfg"
+    _loss_yaml(cfgdir, "corner", CORNER)
+    from bbrctl.sweep import expand
+
+    plan = expand(["loss=corner", "loss.params.scale=1,2", "seed=0,1,2"], [cfgdir], runs_root=str(tmp_path / "r"))
+    assert len(plan.jobs) == 6
+    assert sorted(c["scale"] for c in calls) == [1.0, 2.0]
