@@ -394,3 +394,14 @@ def test_the_probe_runs_once_per_parameter_set(clean_registry, tmp_path, monkeyp
     plan = expand(["loss=corner", "loss.params.scale=1,2", "seed=0,1,2"], [cfgdir], runs_root=str(tmp_path / "r"))
     assert len(plan.jobs) == 6
     assert sorted(c["scale"] for c in calls) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss=focal_eiou", "loss.params.gama=1"], "loss 'focal_eiou' has no parameter 'gama'; valid parameters: gamma"),
+    (["loss=corner", "loss.params.typo=1"], "loss 'corner' has no parameter 'typo'; valid parameters: scale"),
+])
+def test_setting_a_parameter_a_loss_lacks_names_the_losses_parameters(clean_registry, overrides, message):
+    register_loss("corner", user_loss_pkg.corner_l1)
+    with pytest.raises(UserError) as e:
+        C.compose(overrides)
+    assert str(e.value) == message

@@ -199,6 +199,8 @@ def _composition_message(e: Exception, overrides: Sequence[str], user_dirs) -> s
 def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "set") -> str:
     """'unknown config key a.b; valid a keys: ...' with the keys of that group, not the top level's."""
     group, _, rest = key.partition(".")
+    if group == "loss" and rest.startswith("params.") and verb == "set":
+        return _unknown_loss_param(rest[len("params."):], _chosen_option("loss", overrides))
     if rest and group in schema.GROUPS:
         option = _chosen_option(group, overrides)
         keys = schema.group_keys(group, option)
@@ -209,6 +211,24 @@ def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "se
         return f"unknown config key {key!r}; valid {which} keys: {', '.join(keys)}"
     top = sorted(set(schema.TOP) | set(schema.GROUPS))
     return f"unknown config key {key!r}; valid top-level keys: {', '.join(top)}"
+
+
+def _unknown_loss_param(param: str, loss: str | None) -> str:
+    """`loss.params.X=v` where the chosen loss file has no X: name the loss's parameters."""
+    from bbrctl.losses.spec import SPECS
+
+    spec = SPECS.get(loss or "")
+    if spec is None and loss:
+        from bbrctl.losses.user import find
+
+        try:
+            spec = find(loss)
+        except UserError:
+            spec = None
+    valid = ", ".join(spec.params) if spec is not None else None
+    tail = f"; valid parameters: {valid or 'none'}" if valid is not None else \
+        " (a parameter the loss declares but its file leaves out is added with +loss.params.<name>=<value>)"
+    return f"loss {loss!r} has no parameter {param!r}{tail}"
 
 
 def _chosen_option(group: str, overrides: Sequence[str]) -> str | None:
