@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from bbrctl import provenance, store
-from bbrctl.config import legacy_signature, signature, validate
+from bbrctl.config import legacy_signature, result_view, signature, validate
 from bbrctl.errors import REQUEUE_EXIT, StorageError, UserError
 from bbrctl.redact import redact_text
 from bbrctl.store import RunDir, locks
@@ -70,6 +70,11 @@ def check_signature(run_dir: Path, cfg: Mapping[str, Any]) -> str:
     recorded = str(job["signature"])
     known = {recorded, *(job.get("previous_signatures") or [])}
     if sig != recorded and sig not in known and legacy_signature(dict(cfg)) not in known:
+        code = result_view(dict(cfg)).get("loss", {}).get("code")
+        if code is not None:        # a user's loss: its source file is part of the signature
+            raise UserError(f"the code of loss {cfg['loss']['name']!r} ({code['target']}) or {RunDir(run_dir).config} "
+                            f"changed after the job was signed (signature now {sig}, job.json says {recorded}); "
+                            "run the sweep again: the edited loss gets new runs")
         raise UserError(f"{RunDir(run_dir).config} was changed after the job was signed (its signature is {sig}, "
                         f"job.json says {recorded}); restore it, or run the changed config as a new job "
                         f"(`bbrctl train OVERRIDES` or a sweep)")

@@ -16,7 +16,7 @@ _DEFAULT_LOSSES = "iou,giou,diou,ciou,eiou,focal_eiou"
 def simulate_command(
     setup: Optional[int] = typer.Option(None, "--setup", help="1: 343,000 mostly disjoint pairs (Fig. 7); 2: 2,700 mostly overlapping pairs (Fig. 8). Default 1."),
     figure: Optional[int] = typer.Option(None, "--figure", help="Render Figure 1 (one anchor, w/h trajectories), 4 (FocalL1 loss/gradient) or 5 instead of a setup."),
-    losses: Optional[str] = typer.Option(None, "--losses", help=f"Comma list of IoU-family losses \\[default: {_DEFAULT_LOSSES}; figure 1: giou,ciou,eiou]; also focal_eiou_v1, focal_eiou_star."),
+    losses: Optional[str] = typer.Option(None, "--losses", help=f"Comma list of IoU-family losses \\[default: {_DEFAULT_LOSSES}; figure 1: giou,ciou,eiou]; also focal_eiou_v1, focal_eiou_star, or a user loss on boxes (docs/own-loss.md)."),
     gamma: float = typer.Option(0.5, "--gamma", help="Focal-EIoU / Focal-EIoU* γ (Eq. 10)."),
     beta: float = typer.Option(0.8, "--beta", help="Focal-EIoU v1 β (Eq. 9), in [1/e, 1]."),
     iterations: int = typer.Option(200, "--iterations", "-T", help="T; µ = 0.1 up to 0.8T, 0.01 up to 0.9T, then 0.001."),

@@ -44,6 +44,7 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
         paths = ",".join(f"file://{d}" for d in user_dirs)
         hydra_overrides.append(f"hydra.searchpath=[{paths}]")
 
+    stored = _store_user_losses(overrides, user_dirs)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(package_config_dir()), version_base="1.3", job_name="bbrctl"):
@@ -58,6 +59,7 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
         raise UserError(one_line(f"invalid config: {e}")) from None
     finally:
         GlobalHydra.instance().clear()
+        _unstore(stored)
 
     try:
         if resolve:
@@ -71,6 +73,46 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
     if validate:
         schema.validate(to_container(cfg))
     return cfg
+
+
+def _store_user_losses(overrides: Sequence[str], user_dirs) -> list[str]:
+    """Make ``loss=<name>`` choose a registered or entry-point loss that has no loss/<name>.yaml.
+
+    Its option is put in Hydra's ConfigStore as the config file it stands for
+    (bbrctl.losses.user.config_node: the whole declaration, so other processes re-import it)
+    for this one composition (``_unstore``: a stored node would otherwise outlive it and be
+    merged into a later loss/<name>.yaml as its schema). Only the names chosen are looked
+    up: no other user module is imported.
+    """
+    stored: list[str] = []
+    files = None
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if not sep or key.lstrip("+") != "loss" or key.startswith("~"):
+            continue
+        value = value.strip()
+        if files is None:
+            files = set(group_options("loss", user_dirs, include_registered=False))
+        if value in files:
+            continue
+        from bbrctl.losses import user
+
+        node = user.config_node(value)
+        if node is not None:
+            from hydra.core.config_store import ConfigStore
+
+            ConfigStore.instance().store(group="loss", name=value, node=node, package="_global_")
+            stored.append(value)
+    return stored
+
+
+def _unstore(names: list[str]) -> None:
+    if names:
+        from hydra.core.config_store import ConfigStore
+
+        group = ConfigStore.instance().repo.get("loss", {})
+        for name in names:
+            group.pop(f"{name}.yaml", None)
 
 
 def to_yaml(cfg) -> str:
@@ -181,6 +223,8 @@ def _composition_message(e: Exception, overrides: Sequence[str], user_dirs) -> s
 def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "set") -> str:
     """'unknown config key a.b; valid a keys: ...' with the keys of that group, not the top level's."""
     group, _, rest = key.partition(".")
+    if group == "loss" and rest.startswith("params.") and verb == "set":
+        return _unknown_loss_param(rest[len("params."):], _chosen_option("loss", overrides))
     if rest and group in schema.GROUPS:
         option = _chosen_option(group, overrides)
         keys = schema.group_keys(group, option)
@@ -191,6 +235,24 @@ def unknown_key_message(key: str, overrides: Sequence[str] = (), verb: str = "se
         return f"unknown config key {key!r}{did_you_mean(rest, keys, group + '.')}; valid {which} keys: {', '.join(keys)}"
     top = sorted(set(schema.TOP) | set(schema.GROUPS))
     return f"unknown config key {key!r}{did_you_mean(key, top)}; valid top-level keys: {', '.join(top)}"
+
+
+def _unknown_loss_param(param: str, loss: str | None) -> str:
+    """`loss.params.X=v` where the chosen loss file has no X: name the loss's parameters."""
+    from bbrctl.losses.spec import SPECS
+
+    spec = SPECS.get(loss or "")
+    if spec is None and loss:
+        from bbrctl.losses.user import find
+
+        try:
+            spec = find(loss)
+        except UserError:
+            spec = None
+    valid = ", ".join(spec.params) if spec is not None else None
+    tail = f"; valid parameters: {valid or 'none'}" if valid is not None else \
+        " (a parameter the loss declares but its file leaves out is added with +loss.params.<name>=<value>)"
+    return f"loss {loss!r} has no parameter {param!r}{tail}"
 
 
 def _chosen_option(group: str, overrides: Sequence[str]) -> str | None:

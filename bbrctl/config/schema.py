@@ -80,7 +80,13 @@ SWEEP: Keys = {
     "tune": optional(Mapping_()),          # a `bbrctl tune` preset's search space and budget (bbrctl.tune)
 }
 
-LOSS: Keys = {"name": Str(), "params": optional(Mapping_())}
+LOSS: Keys = {
+    "name": Str(), "params": optional(Mapping_()),
+    # A user's own loss (bbrctl.losses.user): its function, its space, its parameters' ranges.
+    "target": optional(Str(pattern=r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", what="'package.module:function'")),
+    "space": optional(Choice(values=("boxes", "deltas"))),
+    "param_ranges": optional(Mapping_()),
+}
 
 _SIZE = Int(lo=16, hi=8192)
 MODEL_COMMON: Keys = {
@@ -380,6 +386,7 @@ def _check_nothing_looks_secret(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_loss(cfg: Mapping[str, Any]) -> None:
+    from bbrctl.losses import user
     from bbrctl.losses.spec import SPECS, check_params
 
     loss = cfg["loss"]
@@ -388,13 +395,20 @@ def _check_loss(cfg: Mapping[str, Any]) -> None:
                         "top-level `weight`: a loss file that sets it begins with '# @package _global_')")
     check_group(loss, LOSS, "loss")
     name = loss["name"]
-    if name != "baseline" and name not in SPECS:
+    if "target" in loss:        # a user's loss declared in its config: imported here, before anything exists
+        user.from_config(loss)
+    elif "space" in loss or "param_ranges" in loss:
+        raise UserError("loss.space and loss.param_ranges declare a user's loss: they need loss.target "
+                        "('package.module:function')")
+    if name != "baseline" and name not in SPECS and user.find(name) is None:
         raise UserError(f"loss.name={name!r} is not a loss; valid: baseline, {', '.join(SPECS)}")
     params = loss.get("params") or {}
     if name == "baseline":
         _need(not params, f"loss=baseline (each detector's stock loss) takes no parameters, got loss.params={_show(params)}")
         return
-    check_params(name, params)
+    params = check_params(name, params)
+    if user.is_user_loss(name):
+        user.probe(name, params)
     from bbrctl.losses.spec import IMAGE_SIZE_LOSSES
 
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}

@@ -9,6 +9,11 @@ by ``data.name`` (two different datasets need two names); backbone weights by th
 name (``model.weights_backbone`` reduced to its basename: two different checkpoints
 need two file names).
 
+A user's own loss (bbrctl.losses.user) is identified by its import path and its code:
+the view's ``loss.code`` holds ``{"target": "package.module:function", "code": <sha256 of
+that module's source file>}``, so editing the file starts new runs. Built-in losses get no
+such key: their signatures are what they always were.
+
 ``legacy_signature`` is the first version's hash (it also hashed data paths read from the
 environment); run directories made under it are found through it and adopted once: their
 job.json is rewritten with the new signature and keeps the old one in
@@ -85,6 +90,13 @@ def result_view(cfg: Any) -> dict:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
             node[leaf] = portable_value(dotted, node[leaf])
+    loss = view.get("loss")
+    if isinstance(loss, dict):
+        from bbrctl.losses.user import identity
+
+        code = identity(loss)
+        if code is not None:
+            loss["code"] = code
     return view
 
 

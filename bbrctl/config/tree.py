@@ -35,13 +35,21 @@ def search_path(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
     return [package_config_dir(), *user_config_dirs(extra)]
 
 
-def group_options(group: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> list[str]:
-    """Every option of a config group, across the shipped and the user's directories."""
+def group_options(group: str, extra_dirs: Iterable[str | os.PathLike] = (), include_registered: bool = True) -> list[str]:
+    """Every option of a config group, across the shipped and the user's directories.
+
+    The loss group also offers the user losses registered in this process and those that
+    installed packages declare as entry points (bbrctl.losses.user; none is imported).
+    """
     names: set[str] = set()
     for d in search_path(extra_dirs):
         g = d / group
         if g.is_dir():
             names.update(p.stem for p in g.glob("*.yaml"))
+    if group == "loss" and include_registered:
+        from bbrctl.losses.user import user_names
+
+        names.update(user_names())
     return sorted(names)
 
 

@@ -9,6 +9,10 @@ metadata in ``spec``); ``get_loss`` and the per-loss functions (``eiou_loss``,
 ``focal_l1_loss``, ..., the successors ``siou_loss`` ... ``focaler_iou_loss``, the
 Wise-IoU ``wiou_v*_loss`` with their ``RunningMean``, and ``box_iou_aligned``) are loaded
 on first access.
+
+A user's own loss joins the same registry (``bbrctl.losses.user``): a ``loss/<name>.yaml``
+with ``loss.target``, an entry point in the group ``bbrctl.losses``, or
+``register_loss(name, fn, space=..., params=...)``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ _LAZY = {
     "get_loss": "registry",
     "loss_function": "registry",
     "BoundLoss": "registry",
+    "register_loss": "user",
     "box_iou_aligned": "boxes",
     "iou_loss": "boxes",
     "giou_loss": "boxes",

@@ -10,6 +10,8 @@ import importlib
 from typing import Any, Callable
 
 from bbrctl.losses.spec import SPECS, check_params
+from bbrctl.losses.user import find
+from bbrctl.losses.user import function as user_function
 
 # name -> (module, function); one function per loss, in bbrctl.losses.deltas / .boxes /
 # .successors / .wise.
@@ -40,7 +42,11 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
 
 def loss_function(name: str) -> Callable:
     """The unbound per-loss function, e.g. ``eiou_loss`` for "eiou"."""
+    if name not in SPECS:
+        find(name)
     check_params(name)  # one-line error for unknown names
+    if name not in FUNCTIONS:
+        return user_function(name)
     module, func = FUNCTIONS[name]
     return getattr(importlib.import_module(f"bbrctl.losses.{module}"), func)
 
@@ -84,9 +90,11 @@ class BoundLoss:
 
 
 def get_loss(name: str, **params: Any) -> BoundLoss:
-    """Resolve a loss by name (one of ``LOSSES``) and bind its parameters.
+    """Resolve a loss by name (one of ``LOSSES``, or a user's loss) and bind its parameters.
 
     Unknown names, unknown parameters and out-of-range values raise LossParamError (a
     ValueError and a UserError) naming the valid choices or range.
     """
+    if name not in SPECS:
+        find(name)      # a user's loss from an installed package's entry point
     return BoundLoss(name, check_params(name, params))

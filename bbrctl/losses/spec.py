@@ -155,7 +155,7 @@ def check_params(name: str, params: Mapping[str, Any] | None = None) -> dict[str
     what was wrong and what is valid.
     """
     if name not in SPECS:
-        raise LossParamError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+        raise LossParamError(f"unknown loss {name!r}; valid: {', '.join(SPECS)}")
     spec = SPECS[name]
     params = dict(params or {})
     unknown = sorted(set(params) - set(spec.params))

@@ -6,7 +6,9 @@ a user's file of the same name wins). ``--table 1`` finds ``table1.yaml`` (or ``
 ``--figure 9a`` finds ``figure9a.yaml``. Three kinds:
 
 - ``kind: table``  rows of label cells + metric columns; each row has a ``match`` of dotted
-  config keys → values, ANDed with the table's ``match``.
+  config keys → values, ANDed with the table's ``match``; a row's ``baseline`` (a row id)
+  gives its Δ column, and ``compare: [row id, ...]`` adds one Δ column per id, every other
+  row against that one (``conf/report/zoo.yaml``: against the baseline and Focal-EIoU).
 - ``kind: figure`` series × x value → one metric (Figure 9).
 - ``kind: simulation`` the newest ``bbrctl simulate --setup N`` output (Figures 7, 8).
 
@@ -54,6 +56,8 @@ class TableDef:
     # than the first its match names (the paper's) shows the value they ran in that cell
     # (Table 3: resnet_tiny runs are not labelled ResNet-50-FPN).
     ran_labels: dict[str, str] = field(default_factory=dict)
+    # Row ids every other row is also compared with: one more Δ column each (``compare:``).
+    compare: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,9 +206,16 @@ def parse(raw: Any, name: str, path: Path | str = "<memory>"):
     if not isinstance(ran, dict) or any(c not in label_columns or not isinstance(k, str) for c, k in ran.items()):
         raise UserError(f"report definition {where}: ran_labels must map label columns "
                         f"({', '.join(label_columns)}) to dotted config keys, got {ran!r}")
+    compare = tuple(_str(c, where, "compare") for c in _list(raw.get("compare", []), where, "compare"))
+    for c in compare:
+        if c not in ids:
+            raise UserError(f"report definition {where}: compare names {c!r}, which is not a row id; "
+                            f"valid: {', '.join(ids)}")
+    if compare and delta is None:
+        raise UserError(f"report definition {where}: compare needs a delta column (e.g. delta: AP)")
     return TableDef(name=name, title=title, rows=rows, label_columns=label_columns, metric=metric,
                     columns=columns, delta=delta, match=match, paper=raw.get("paper"), hint=hint, source=where,
-                    ran_labels=dict(ran))
+                    ran_labels=dict(ran), compare=compare)
 
 
 def _row(raw: Any, i: int, where: str, n_labels: int, default_base: str | None) -> Row:

@@ -58,6 +58,10 @@ def grid(tr: TableResult, precision: int = 1) -> Grid:
     if d.delta:
         header.append(f"Δ {d.delta}")
         align.append("r")
+    labels_of = {r.id: " ".join(r.labels) for r in tr.rows}
+    for other in d.compare:
+        header.append(f"Δ {d.delta} vs {labels_of.get(other, other)}")
+        align.append("r")
     numbers: dict[str, int] = {}
 
     def mark(texts: list[str]) -> str:
@@ -93,6 +97,10 @@ def grid(tr: TableResult, precision: int = 1) -> Grid:
             else:
                 text = ""
             cells.append(text)
+        for other in d.compare:
+            got = r.compared.get(other)
+            cells.append(_diff_text(got[0], got[2], precision) if got is not None
+                         else ("ref" if r.id == other and r.n_done else ""))
         body.append(cells)
         kinds.append(f"{r.source}:{r.state}")
 
@@ -103,6 +111,9 @@ def grid(tr: TableResult, precision: int = 1) -> Grid:
         base_labels = sorted({" ".join(r.labels) for r in tr.rows if _is_base(r, tr.rows)})
         legend.append(f"Δ {d.delta}: {d.delta} minus the baseline row's ({', '.join(base_labels) or 'none'}).")
         legend += _delta_legend(tr, precision)
+    for other in d.compare:
+        legend.append(f"Δ {d.delta} vs {labels_of.get(other, other)}: each row's {d.delta} minus that row's (ref), "
+                      "with the same intervals (paired by seed where both rows ran the same seeds).")
     if tr.paper and tr.paper_caption:
         from bbrctl.report.paper import paper_tables
 
@@ -117,9 +128,11 @@ SIGNIFICANT, WITHIN_NOISE = "*", "~"
 
 
 def _delta_text(r: RowResult, precision: int) -> str:
-    diff, _ = r.delta
+    return _diff_text(r.delta[0], r.interval, precision)
+
+
+def _diff_text(diff: float, iv, precision: int) -> str:
     text = _num(diff, precision, signed=True)
-    iv = r.interval
     if iv is None:
         return text
     if iv.test in ("paired", "welch"):
@@ -241,6 +254,9 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
         k = f"delta_{d.delta}"
         header += [k, f"{k}_se", f"{k}_test", f"{k}_ci_low", f"{k}_ci_high", f"{k}_df", f"{k}_excludes_zero",
                    f"{k}_noise_threshold", f"{k}_within_noise"]
+    for other in d.compare:
+        k = f"delta_{d.delta}_vs_{other}"
+        header += [k, f"{k}_ci_low", f"{k}_ci_high", f"{k}_test"]
     header.append("notes")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -255,6 +271,11 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
             iv = r.interval
             line += ([iv.test, _raw(iv.low), _raw(iv.high), _raw(iv.df), _flag(iv.excludes_zero),
                       _raw(iv.threshold), _flag(iv.within_noise)] if iv is not None else [""] * 7)
+        for other in d.compare:
+            got = r.compared.get(other)
+            iv = got[2] if got is not None else None
+            line += [_raw(got[0] if got else None)] + ([_raw(iv.low), _raw(iv.high), iv.test] if iv is not None
+                                                       else [""] * 3)
         line.append(" | ".join(t for texts in r.notes.values() for t in texts))
         w.writerow(line)
     return buf.getvalue()
@@ -281,13 +302,16 @@ def to_dict(tr: TableResult) -> dict:
             "delta": ({"metric": d.delta, "value": r.delta[0], "se": r.delta[1],
                        **({"interval": r.interval.as_dict()} if r.interval is not None else {"interval": None})}
                       if r.delta else None),
+            "compared": {o: {"metric": d.delta, "value": v, "se": se,
+                             "interval": iv.as_dict() if iv is not None else None}
+                         for o, (v, se, iv) in r.compared.items()},
             "seeds": r.seeds, "runs": r.runs, "environments": r.envs,
             "notes": [t for texts in r.notes.values() for t in texts],
         })
     return {
         "kind": "table", "name": d.name, "title": d.title, "definition": d.source,
         "label_columns": list(d.label_columns), "metric": d.metric, "columns": list(d.columns),
-        "delta": d.delta, "runs_root": tr.root, "sweep": tr.sweep, "where": tr.where,
+        "delta": d.delta, "compare": list(d.compare), "runs_root": tr.root, "sweep": tr.sweep, "where": tr.where,
         "setting": tr.setting, "paper": tr.paper, "paper_caption": tr.paper_caption,
         "rows": rows, "notes": tr.notes, "generated": tr.generated, "seed_noise": tr.noise,
         "legend": grid(tr).legend,

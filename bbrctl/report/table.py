@@ -68,6 +68,8 @@ class RowResult:
     seed_values: dict[Any, float] | None = None  # the Δ metric by seed, when each finished seed is unique
     interval: Any = None                          # bbrctl.report.stats.Interval of the Δ
     envs: list[dict] = field(default_factory=list)  # the distinct environments its finished runs recorded
+    # Against each of the table's ``compare`` rows: row id -> (difference, se or None, Interval or None).
+    compared: dict[str, tuple[float, float | None, Any]] = field(default_factory=dict)
 
     def note(self, cell: str, text: str) -> None:
         self.notes.setdefault(cell, []).append(text)
@@ -301,31 +303,42 @@ def _setting(groups: list[Group]) -> dict[str, str]:
 
 
 def _deltas(rows: list[RowResult], defn: TableDef, noise: dict | None = None) -> None:
-    from bbrctl.report import stats
-
     col = defn.delta
     if not col:
         return
     by_key = {(r.source, r.id): r for r in rows}
     for r in rows:
-        if r.baseline is None:
-            continue
-        base = by_key.get((r.source, r.baseline))
-        if base is None:
-            continue
-        a, b = r.stats.get(col), base.stats.get(col)
-        if not a or not b or a.mean is None or b.mean is None:
-            continue
-        diff = a.mean - b.mean
-        se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n) if a.n > 1 and b.n > 1 else None
-        r.delta = (diff, se)
-        if r.source != "ours":
-            continue  # the paper's rows are single published runs
-        if a.n > 1 and b.n > 1:
-            pa, pb = r.seed_values, base.seed_values
-            if pa is not None and pb is not None and set(pa) == set(pb):
-                r.interval = stats.paired(pa, pb)
-            else:
-                r.interval = stats.welch(a.values, b.values)
-        elif noise is not None:
-            r.interval = stats.noise(diff, noise["sigma"], noise["df"], a.n, b.n)
+        if r.baseline is not None and (r.source, r.baseline) in by_key:
+            got = _difference(r, by_key[(r.source, r.baseline)], col, noise)
+            if got is not None:
+                r.delta, r.interval = (got[0], got[1]), got[2]
+        for other in defn.compare:
+            base = by_key.get((r.source, other))
+            if base is None or other == r.id:
+                continue
+            got = _difference(r, base, col, noise)
+            if got is not None:
+                r.compared[other] = got
+
+
+def _difference(r: RowResult, base: RowResult, col: str, noise: dict | None):
+    """(Δ = r's mean minus base's, its standard error or None, its Interval or None), or None."""
+    from bbrctl.report import stats
+
+    a, b = r.stats.get(col), base.stats.get(col)
+    if not a or not b or a.mean is None or b.mean is None:
+        return None
+    diff = a.mean - b.mean
+    se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n) if a.n > 1 and b.n > 1 else None
+    if r.source != "ours":
+        return diff, se, None  # the paper's rows are single published runs
+    interval = None
+    if a.n > 1 and b.n > 1:
+        pa, pb = r.seed_values, base.seed_values
+        if pa is not None and pb is not None and set(pa) == set(pb):
+            interval = stats.paired(pa, pb)
+        else:
+            interval = stats.welch(a.values, b.values)
+    elif noise is not None:
+        interval = stats.noise(diff, noise["sigma"], noise["df"], a.n, b.n)
+    return diff, se, interval

@@ -131,6 +131,13 @@ class SimConfig:
         d["losses"] = list(self.losses)
         d["points"] = self.n_points
         d["pairs"] = self.n_pairs
+        from bbrctl.losses import user
+
+        # A user's loss is identified by its import path and code (as in run signatures);
+        # the key is absent otherwise, so the paper's simulations keep their signatures.
+        codes = {n: user.identity({"name": n}) for n in self.losses if user.is_user_loss(n)}
+        if codes:
+            d["loss_code"] = codes
         return d
 
     def signature(self) -> str:
@@ -149,15 +156,26 @@ def make_config(**kw: Any) -> SimConfig:
     return cfg
 
 
+def is_sim_loss(name: str) -> bool:
+    """A loss Algorithm 1 can regress with: the IoU family, or a user's loss on xyxy boxes."""
+    if name in SIM_LOSSES:
+        return True
+    from bbrctl.losses import user
+    from bbrctl.losses.spec import BOXES, LOSSES
+
+    spec = None if name in LOSSES else user.find(name)
+    return spec is not None and user.is_user_loss(name) and spec.space == BOXES
+
+
 def parse_losses(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     names = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
     names = [n for n in names if n]
     if not names:
         raise UserError(f"--losses is empty; valid: {', '.join(SIM_LOSSES)}")
     for n in names:
-        if n not in SIM_LOSSES:
+        if not is_sim_loss(n):
             raise UserError(f"--losses: {n!r} is not an IoU-family loss the simulation can run; "
-                            f"valid: {', '.join(SIM_LOSSES)}")
+                            f"valid: {', '.join(SIM_LOSSES)}, or a user's loss on boxes (entry point or register_loss)")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"--losses names {dup!r} twice; give each loss once")
@@ -187,10 +205,14 @@ def validate(cfg: SimConfig) -> None:
         raise UserError(f"min_size must be > 0, got {cfg.min_size!r}")
     for name in cfg.losses:
         try:
-            check_params(name, cfg.loss_params(name))
+            params = check_params(name, cfg.loss_params(name))
         except ValueError as e:
             flag = "--beta" if name == "focal_eiou_v1" else "--gamma"
             raise UserError(f"{flag}: {e}") from None
+        from bbrctl.losses import user
+
+        if user.is_user_loss(name):
+            user.probe(name, params)
 
 
 def step_size(t: int, iterations: int) -> float:
@@ -269,6 +291,6 @@ def with_overrides(cfg: SimConfig, **kw: Any) -> SimConfig:
     return out
 
 
-__all__ = ["SETUPS", "SIM_LOSSES", "DEFAULT_LOSSES", "SimConfig", "make_config", "parse_losses", "validate",
+__all__ = ["SETUPS", "SIM_LOSSES", "DEFAULT_LOSSES", "SimConfig", "make_config", "is_sim_loss", "parse_losses", "validate",
            "step_size", "shape_wh", "anchor_shapes", "target_boxes", "sample_points", "build_pairs",
            "boxplot_iterations", "quantile_iterations", "with_overrides"]

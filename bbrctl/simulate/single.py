@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bbrctl.errors import UserError
-from bbrctl.simulate.protocol import CANVAS, SIM_LOSSES, parse_losses, step_size
+from bbrctl.simulate.protocol import CANVAS, SIM_LOSSES, is_sim_loss, parse_losses, step_size
 
 FIG1_TARGET = (0.0, 0.0, 1.0, 1.0)
 FIG1_ANCHOR = (4.0, 2.0, 1.0, 2.4)
@@ -77,7 +77,7 @@ def make_single_config(*, anchor=None, losses=None, iterations=None, scale_step=
         kw["scale_step"] = bool(scale_step)
     cfg = SingleConfig(**kw)
     for n in cfg.losses:
-        if n not in SIM_LOSSES:  # pragma: no cover - parse_losses already refused it
+        if not is_sim_loss(n):  # pragma: no cover - parse_losses already refused it
             raise UserError(f"--losses: {n!r} is not an IoU-family loss; valid: {', '.join(SIM_LOSSES)}")
     return cfg
 
