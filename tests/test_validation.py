@@ -36,7 +36,7 @@ BAD = [
     (["loss=ciou", "loss.params.alpha_iou_gate=2"], "ciou.alpha_iou_gate=2 is out of range"),
     (["loss=eiou", "+loss.params.zeta=1"], "loss 'eiou' has no parameter 'zeta'"),
     (["loss=baseline", "+loss.params.x=1"], "loss=baseline (each detector's stock loss) takes no parameters"),
-    (["~loss"], "the config has no 'loss' group: choose one with loss=<option>; valid loss options: balanced_l1, baseline"),
+    (["~loss"], "the config has no 'loss' group: choose one with loss=<option>; valid loss options: alpha_iou, balanced_l1, baseline"),
     # model
     (["model=nope"], "unknown model option 'nope'"),
     (["model.norm=layer"], "model.norm='layer' is not valid: must be one of group, batch, frozen_bn"),
