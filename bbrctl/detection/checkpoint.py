@@ -90,7 +90,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         if path.exists():
             os.replace(path, path.with_name(PREV))
 
-    atomic_write_with(path, write)
+    atomic_write_with(path, write, levels=2)    # neither the run directory nor checkpoints/ a link
 
 
 def decode(path: str | os.PathLike) -> dict:

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
-from bbrctl.store import schemas
+from bbrctl.store import safe, schemas
 from bbrctl.store.atomic import atomic_write_json, atomic_write_text, default_mode, made_dirs
 from bbrctl.store.paths import RunDir
 from bbrctl.store.procs import proc_start_time
+
+
+MAX_JSON_BYTES = 64 << 20   # far above any file bbrctl writes; a bigger one is not ours
 
 
 class DamagedFile(UserError):
@@ -27,9 +30,11 @@ def load_checked(path: str | os.PathLike, check: Callable[[Any], Any]) -> Any:
     """The parsed, schema-checked content of ``path``; None if absent; DamagedFile else."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = safe.read_bytes(path, limit=MAX_JSON_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except safe.UnsafePath as e:
+        raise DamagedFile(str(e)) from None
     except OSError as e:
         raise DamagedFile(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
@@ -65,9 +70,11 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise UserError(f"{str(rd.config)!r} does not exist; prepare the run with `bbrctl sweep` or run "
                         "`bbrctl train OVERRIDES`")
     try:
-        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        cfg = yaml.safe_load(safe.read_bytes(rd.config, limit=MAX_JSON_BYTES).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise DamagedFile(f"{str(rd.config)!r} is not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    except safe.UnsafePath as e:
+        raise DamagedFile(str(e)) from None
     except OSError as e:
         raise DamagedFile(f"{str(rd.config)!r} cannot be read ({e.strerror or e})") from None
     if not isinstance(cfg, dict):
@@ -97,7 +104,7 @@ def write_eval(run_dir: str | os.PathLike, name: str, record: dict) -> Path:
     rec["metrics"] = schemas.json_safe_metrics(rec.get("metrics") or {})
     schemas.check_eval(rec)
     path = RunDir(run_dir).eval_file(name)
-    atomic_write_json(path, rec)
+    atomic_write_json(path, rec, levels=2)      # neither the run directory nor evals/ a link
     return path
 
 

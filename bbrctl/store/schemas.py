@@ -19,6 +19,7 @@ AP values are percentages (0-100), as in the paper's tables.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Callable
 
@@ -50,7 +51,9 @@ def _opt(d: dict, key: str, test: Callable[[Any], bool], what: str) -> None:
 
 
 def _short(v: Any, n: int = 60) -> str:
-    s = repr(v)
+    """``v`` quoted as JSON (ASCII, control characters escaped) for one-line messages: a
+    value from a file someone else wrote can neither break a log line nor pass as code."""
+    s = json.dumps(v, ensure_ascii=True, default=lambda o: f"<{type(o).__name__}>")
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
