@@ -184,7 +184,8 @@ def inspect_job(run_dir: Path, name: str, signature: str, launch: dict | None, s
         if host == sched.host:
             js.active = pid_alive(pid, status.get("pid_start"))
         else:
-            js.active = isinstance(js.updated, (int, float)) and now - js.updated < STALE_S
+            # |age|: a clock ahead by more than STALE_S (or a crafted future time) is not "live".
+            js.active = isinstance(js.updated, (int, float)) and abs(now - js.updated) < STALE_S
             if js.active:
                 js.note = f"on {host}; last update {_age(now - js.updated)} ago"
         if not js.active:

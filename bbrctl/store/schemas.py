@@ -89,6 +89,7 @@ def check_status(s: Any) -> dict:
     _opt(s, "iteration", _int, "an integer >= 0")
     _opt(s, "max_iter", lambda v: _int(v, 1), "an integer >= 1")
     _opt(s, "updated", _num, "a time stamp")
+    _opt(s, "pid_start", _num, "a process start time")
     _opt(s, "host", lambda v: isinstance(v, str), "a host name")
     return s
 
