@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from typing import Iterator
@@ -32,9 +33,13 @@ def holder(path: str | os.PathLike) -> str:
         return "another process"
     if not isinstance(info, dict) or "pid" not in info:
         return "another process"
-    # The lock file is anyone's to write: its words are quoted, never printed raw.
-    what = json.dumps(str(info.get("what") or "a process")[:80])
-    return f"{what} (pid {json.dumps(info.get('pid'), default=str)} on {json.dumps(str(info.get('host'))[:80])})"
+    # The lock file is anyone's to write: only plain characters of it reach a message.
+    pid = info.get("pid") if isinstance(info.get("pid"), int) else "?"
+    return f"{_plain(info.get('what') or 'a process')} (pid {pid} on {_plain(info.get('host'))})"
+
+
+def _plain(v: object) -> str:
+    return re.sub(r"[^A-Za-z0-9 ._:@/`-]", "?", str(v))[:80]
 
 
 def try_lock(path: str | os.PathLike, what: str) -> int | None:

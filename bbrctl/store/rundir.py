@@ -134,10 +134,11 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signatur
     """
     import yaml  # PyYAML; kept out of module import for start-up speed
 
-    from bbrctl.redact import redact, redact_overrides
+    from bbrctl.redact import public, public_overrides
 
-    # Secret-looking values (a token in launcher.setup) never reach the run directory.
-    cfg_container, overrides = redact(cfg_container), redact_overrides(overrides or [])
+    # launcher.setup lines never reach the run directory (a digest line stands for them),
+    # nor do secret-looking values elsewhere (bbrctl.redact).
+    cfg_container, overrides = public(cfg_container), public_overrides(overrides or [])
     rd = RunDir(run_dir)
     existing = read_job(rd.path)
     previous = list(previous_signatures or [])
