@@ -170,9 +170,10 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | 
                         "or give --checkpoint PATH")
     name = name or default_name(run_cfg, cfg, split, Path(checkpoint) if checkpoint is not None else None)
 
-    from bbrctl.detection.checkpoint import model_state
+    from bbrctl.detection.checkpoint import check_belongs, model_state
 
     state, meta = model_state(ckpt_path)
+    check_belongs(ckpt_path, meta.get("signature"), run_dir)
     job = store.read_job(run_dir) or {}
     return _evaluate(run_dir, cfg, state, meta, ckpt_path, split, name, list(overrides), job.get("signature"), device)
 
