@@ -4,7 +4,7 @@ A simulation run directory holds ``summary.json`` ({"setup", "config", "losses":
 {final_error, mean_iou, median_iou, frac_iou_gt_0.5, ...}}}), ``error_curves.csv``
 (iteration, one column per loss) and ``iou_quantiles.csv`` (loss, iteration, q0, q05, q25,
 q50, q75, q95, q100, mean). The newest directory with the requested setup under the runs
-root is used (or the directory given as --runs itself); others are named in a note.
+root is used (or the directory given as --runs-root itself); others are named in a note.
 The figure has the paper's two panels: (a) the regression error E(t) of every loss, (b) box
 plots of the IoU at a few iterations per loss (whiskers at the 5th/95th percentiles).
 """
@@ -113,7 +113,7 @@ def load_simulation(defn: SimulationDef, root: str | os.PathLike) -> SimulationR
     notes = []
     if len(found) > 1:
         notes.append(f"{len(found) - 1} older setup-{defn.setup} simulation(s) under {root} not shown "
-                     f"(pass --runs DIR to pick one), e.g. {found[1][1]}")
+                     f"(pass --runs-root DIR to pick one), e.g. {found[1][1]}")
     summary = read_summary(run_dir) or {"setup": defn.setup, "losses": {}}
     curves: dict[str, list[tuple[int, float]]] = {}
     try:

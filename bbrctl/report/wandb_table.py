@@ -94,6 +94,8 @@ def log_report(name: str, title: str, columns: Sequence[str], rows: Sequence[Seq
     cfg = dict(run_wandb or {})
     mode = resolve_mode(cfg)
     project = cfg.get("project") or "bbrctl"
+    if mode == "disabled":          # nothing is logged, and nothing may say it was
+        return {"mode": "disabled", "project": project, "group": group, "run_dir": None, "url": None, "run_id": None}
     # The training runs' own group when their config names one, else the sweep's name.
     group = cfg.get("group") or group
     # Passed explicitly: wandb reads WANDB_DIR once per process, at the first init.

@@ -22,7 +22,7 @@ import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from bbrctl.errors import STORAGE_ERRNOS, StorageError
+from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 from bbrctl.store import safe
 
 TMP_SUFFIX = ".tmp"
@@ -59,11 +59,12 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     the temp file is made and renamed inside it (bbrctl.store.safe): a planted link is
     replaced, never written through. ``levels``: how many directories above the file are
     bbrctl's and checked (2 for ``checkpoints/last.pt``: neither the run directory nor
-    ``checkpoints/`` may be a link).
+    ``checkpoints/`` may be a link; 0 for a path the user named, ``report --out``, whose
+    directory may be a link of theirs).
     """
     path = Path(path)
     safe.ensure_dir(path.parent, levels=levels)
-    dfd = safe.open_dir(path.parent)
+    dfd = safe.open_dir(path.parent, follow=levels == 0)
     try:
         tmp, fd = _make_temp(dfd, path)
         try:
@@ -96,7 +97,9 @@ def _make_temp(dfd: int, path: Path) -> tuple[str, int]:
         except OSError as e:
             if e.errno in STORAGE_ERRNOS:
                 raise StorageError.of(path, e) from None
-            raise
+            # /proc, a name over the file-system limit: the path given cannot hold a file.
+            raise UserError(f"cannot write {str(path)!r}: {e.strerror or e}; give a path bbrctl can create "
+                            "files in") from None
     raise StorageError(f"cannot write {path}: no free temp file name")
 
 

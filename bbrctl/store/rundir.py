@@ -61,7 +61,7 @@ def read_job(run_dir: str | os.PathLike) -> dict | None:
 
 def read_config(run_dir: str | os.PathLike) -> dict:
     """The resolved config a run directory holds (config.yaml); one-line UserError otherwise."""
-    import yaml  # PyYAML; kept out of module import for start-up speed
+    from bbrctl.store.yamlcheck import BadYaml, load_file
 
     rd = RunDir(run_dir)
     if not rd.path.is_dir():
@@ -70,13 +70,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise UserError(f"{str(rd.config)!r} does not exist; prepare the run with `bbrctl sweep` or run "
                         "`bbrctl train OVERRIDES`")
     try:
-        cfg = yaml.safe_load(safe.read_bytes(rd.config, limit=MAX_JSON_BYTES).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise DamagedFile(f"{str(rd.config)!r} is not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    except safe.UnsafePath as e:
+        cfg = load_file(rd.config)     # bounded: a run directory is anyone's to write in
+    except (BadYaml, safe.UnsafePath) as e:
         raise DamagedFile(str(e)) from None
-    except OSError as e:
-        raise DamagedFile(f"{str(rd.config)!r} cannot be read ({e.strerror or e})") from None
     if not isinstance(cfg, dict):
         raise DamagedFile(f"{str(rd.config)!r} does not hold a config mapping")
     return cfg

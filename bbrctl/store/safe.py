@@ -66,6 +66,12 @@ def ensure_dir(path: str | os.PathLike, levels: int = 1) -> Path:
     next is made in it (``slurm/logs``: 2, so a linked ``slurm/`` never receives ``logs/``).
     """
     path = Path(path)
+    if levels <= 0:                 # the user's own path: links followed
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _os_error(path, e) from None
+        return path
     for d in [*(path.parents[k] for k in reversed(range(levels - 1))), path]:
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -77,11 +83,12 @@ def ensure_dir(path: str | os.PathLike, levels: int = 1) -> Path:
     return path
 
 
-def open_dir(path: str | os.PathLike) -> int:
-    """A descriptor of directory ``path`` (not followed if it is a link); UnsafePath else."""
+def open_dir(path: str | os.PathLike, follow: bool = False) -> int:
+    """A descriptor of directory ``path`` (not followed if it is a link, unless ``follow``);
+    UnsafePath else."""
     path = Path(path)
     try:
-        return os.open(path, _DIR_FLAGS)
+        return os.open(path, (_DIR_FLAGS & ~os.O_NOFOLLOW) if follow else _DIR_FLAGS)
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise
