@@ -40,18 +40,18 @@ def load_text(text: str, where: str) -> Any:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:
-        raise BadYaml(f"{where}: YAML nested too deeply (more than {MAX_DEPTH} levels)") from None
+        raise BadYaml(f"{where} is YAML nested too deeply (more than {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as e:
-        raise BadYaml(f"{where}: not valid YAML ({_where(e)})") from None
+        raise BadYaml(f"{where} is not valid YAML ({_where(e)})") from None
     if node is None:
         return None
     _check(node, where)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:      # a tag the safe loader does not build (!!python/object, ...)
-        raise BadYaml(f"{where}: not valid YAML ({_where(e)}); bbrctl reads plain YAML only") from None
+        raise BadYaml(f"{where} is not valid YAML ({_where(e)}); bbrctl reads plain YAML only") from None
     except RecursionError:
-        raise BadYaml(f"{where}: YAML nested too deeply (more than {MAX_DEPTH} levels)") from None
+        raise BadYaml(f"{where} is YAML nested too deeply (more than {MAX_DEPTH} levels)") from None
 
 
 def load_file(path: str | os.PathLike) -> Any:
@@ -82,7 +82,7 @@ def _check(root, where: str) -> None:
         if id(node) in sizes:
             continue
         if depth > MAX_DEPTH:
-            raise BadYaml(f"{where}: YAML nested too deeply (more than {MAX_DEPTH} levels)")
+            raise BadYaml(f"{where} is YAML nested too deeply (more than {MAX_DEPTH} levels)")
         if isinstance(node, yaml.MappingNode):
             children = [x for kv in node.value for x in kv]
             keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
