@@ -103,7 +103,7 @@ def load_outcome(run: Run, metric: str = "bbox") -> Run:
     exists, res = _checked(read_results, run.dir)
     if exists:
         if not isinstance(res, dict):
-            run.state, run.detail = "incomplete", "results.json is damaged (see `bbrctl status`)"
+            run.state, run.detail = "incomplete", "results.json could not be read (damaged: see `bbrctl status`)"
             return run
         run.results_signature = res.get("signature")
         status = res.get("status")
@@ -133,7 +133,7 @@ def load_outcome(run: Run, metric: str = "bbox") -> Run:
             run.state, run.detail = state, progress
         return run
     if exists:
-        run.state, run.detail = "incomplete", "status.json is damaged (see `bbrctl status`)"
+        run.state, run.detail = "incomplete", "status.json could not be read (damaged: see `bbrctl status`)"
         return run
     run.state, run.detail = "pending", ""
     return run
