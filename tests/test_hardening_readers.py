@@ -78,7 +78,7 @@ def test_a_directory_where_a_json_file_belongs_is_damaged_not_a_traceback(name, 
 # --------------------------------------------------------------------------- sweep.json
 
 MANIFESTS = [
-    {"jobs": {"SIG": {"dir": "D", "index": None}}},                         # the probe
+    {"jobs": {"SIG": {"dir": "D", "index": None}, "0ther": {"dir": "D", "index": 0}}},   # the probe
     {"jobs": {"SIG": []}},
     {"jobs": {"SIG": {"dir": "D", "index": 0}}, "launches": [{"id": "one", "jobs": ["SIG"]}]},
     {"jobs": {"SIG": {"dir": "D", "index": 0}}, "launches": [{"id": 1, "time": "noon", "jobs": ["SIG"]}]},
