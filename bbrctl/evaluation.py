@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from bbrctl import store
 from bbrctl.errors import UserError
-from bbrctl.redact import redact, redact_overrides
+from bbrctl.redact import public_overrides, redact
 from bbrctl.store import RunDir
 
 SPLITS = ("val", "train")
@@ -170,9 +170,10 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | 
                         "or give --checkpoint PATH")
     name = name or default_name(run_cfg, cfg, split, Path(checkpoint) if checkpoint is not None else None)
 
-    from bbrctl.detection.checkpoint import model_state
+    from bbrctl.detection.checkpoint import check_belongs, model_state
 
     state, meta = model_state(ckpt_path)
+    check_belongs(ckpt_path, meta.get("signature"), run_dir)
     job = store.read_job(run_dir) or {}
     return _evaluate(run_dir, cfg, state, meta, ckpt_path, split, name, list(overrides), job.get("signature"), device)
 
@@ -206,7 +207,7 @@ def _evaluate(run_dir: Path, cfg: dict, state: dict, meta: dict, ckpt_path: Path
             metrics = evaluator.compute()
             record = {"split": split, "metrics": metrics, "checkpoint": str(ckpt_path.resolve()),
                       "checkpoint_iteration": meta.get("iteration"), "checkpoint_signature": meta.get("signature"),
-                      "signature": signature, "data": redact(cfg["data"]), "overrides": redact_overrides(overrides),
+                      "signature": signature, "data": redact(cfg["data"]), "overrides": public_overrides(overrides),
                       "images": len(evaluator.image_ids), "detections": len(evaluator.results),
                       "world_size": dist.world_size, "device": str(dist.device), "wall_time_s": time.time() - t0,
                       "created": time.time(), "torch": torch.__version__}

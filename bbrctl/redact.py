@@ -155,3 +155,64 @@ def redact_override(override: str) -> str:
 
 def redact_overrides(overrides: Iterable[str]) -> list[str]:
     return [redact_override(o) for o in overrides]
+
+
+# --------------------------------------------------------------------------- launcher.setup, withheld
+
+# launcher.setup lines (module loads, `export TOKEN=...`, here-docs) are not part of the
+# experiment and patterns will always miss some secret in them: every file but the SLURM
+# batch script, every W&B record and every echo gets this one line in their place, a
+# shell comment saying how many lines there were and a hash of them (to tell two setups
+# apart, never to recover one).
+_WITHHELD = re.compile(r"# \d+ launcher\.setup line\(s\) withheld, sha256 [0-9a-f]{12}")
+_SETUP_OVERRIDE = re.compile(r"^[+~]{0,2}launcher\.setup(?:[.\[=]|$)")
+
+
+def setup_digest(lines: Any) -> str:
+    """The one line that stands for ``lines`` wherever they are withheld (idempotent)."""
+    import hashlib
+
+    items = lines if isinstance(lines, (list, tuple)) else [lines]
+    if len(items) == 1 and isinstance(items[0], str) and _WITHHELD.fullmatch(items[0]):
+        return items[0]
+    h = hashlib.sha256("\n".join(map(str, items)).encode("utf-8", "backslashreplace")).hexdigest()[:12]
+    return f"# {len(items)} launcher.setup line(s) withheld, sha256 {h}"
+
+
+def withhold_setup(obj: Any) -> Any:
+    """A copy of ``obj`` where every ``launcher: {setup: [...]}`` holds only its digest line
+    (a list of one shell comment, so the config stays schema-valid; an empty list stays)
+    and every override string ``launcher.setup=...`` (job.json, sweep.json, argv) too."""
+    if isinstance(obj, str):
+        return withhold_override(obj)
+    if isinstance(obj, dict):
+        out = {k: withhold_setup(v) for k, v in obj.items()}
+        launcher = out.get("launcher")
+        if isinstance(launcher, dict) and launcher.get("setup"):
+            out["launcher"] = {**launcher, "setup": [setup_digest(launcher["setup"])]}
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [withhold_setup(v) for v in obj]
+    return obj
+
+
+def withhold_override(override: Any) -> Any:
+    """``launcher.setup=...`` (any form: +, ++, ~, .N, [N]) as ``launcher.setup=<digest>``."""
+    if not isinstance(override, str) or not _SETUP_OVERRIDE.match(override):
+        return override
+    key, _, value = override.partition("=")
+    if not value or value.startswith("<withheld"):
+        return override
+    import hashlib
+
+    return f"{key}=<withheld, sha256 {hashlib.sha256(value.encode('utf-8', 'backslashreplace')).hexdigest()[:12]}>"
+
+
+def public(obj: Any) -> Any:
+    """What may be written anywhere but the batch script: setup withheld, secrets redacted."""
+    return redact(withhold_setup(obj))
+
+
+def public_overrides(overrides: Iterable[str]) -> list[str]:
+    """Override strings (a recorded command line) as :func:`public` writes them."""
+    return [redact_override(withhold_override(o)) for o in overrides]

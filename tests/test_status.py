@@ -46,8 +46,10 @@ def test_states_progress_and_ap(sweep_dir):
     make_run(sweep_dir, "a", "1111111111", results={"status": "done", "iteration": 8, "max_iter": 8,
                                                     "metrics": {"bbox": {"AP": 37.51, "AP50": 56.0}}})
     make_run(sweep_dir, "b", "2222222222", results={"status": "failed", "error": "CUDA out of\nmemory"})
+    # A pid counts as running only with its recorded start time (store.procs.pid_alive).
     make_run(sweep_dir, "c", "3333333333", status={"state": "running", "iteration": 3, "max_iter": 12,
-                                                  "pid": os.getpid(), "host": host, "updated": time.time()})
+                                                  "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
+                                                  "host": host, "updated": time.time()})
     make_run(sweep_dir, "d", "4444444444", status={"state": "running", "iteration": 5, "max_iter": 12,
                                                   "pid": dead_pid(), "host": host, "updated": time.time()})
     make_run(sweep_dir, "e", "5555555555", status={"state": "requeued", "iteration": 6, "max_iter": 12})

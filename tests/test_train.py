@@ -108,7 +108,7 @@ def test_train_writes_a_complete_run_directory(model, tmp_path, capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("model.norm=layer", "model.norm='layer' is not valid"),
-    ("schedule.max_iter=0", "schedule.max_iter=0 is not valid: must be an integer >= 1"),
+    ("schedule.max_iter=0", "schedule.max_iter=0 is not valid: must be an integer in [1, 2147483647]"),
     ("schedule.base_lr=-1", "schedule.base_lr=-1 is not valid: must be a number > 0"),
     ("loss=nope", "unknown loss option 'nope'"),
     ("model.anchor_sizes=[8,16]", "one positive size per pyramid level"),

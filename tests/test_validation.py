@@ -74,8 +74,8 @@ BAD = [
     (["data=shapes_coco", "data.image_shape_weights=[1,2]"],
      "data.image_shape_weights=[1, 2] must give one weight per entry of data.image_shapes (8)"),
     # schedule
-    (["schedule.max_iter=-1"], "schedule.max_iter=-1 is not valid: must be an integer >= 1"),
-    (["schedule.max_iter=abc"], "schedule.max_iter='abc' is not valid: must be an integer >= 1"),
+    (["schedule.max_iter=-1"], "schedule.max_iter=-1 is not valid: must be an integer in [1, 2147483647]"),
+    (["schedule.max_iter=abc"], "schedule.max_iter='abc' is not valid: must be an integer in [1, 2147483647]"),
     (["schedule.batch_size=0"], "schedule.batch_size=0 is not valid"),
     (["schedule.optimizer=adam"], "schedule.optimizer='adam' is not valid: must be one of sgd, adamw"),
     (["schedule.steps=[700,100]"], "schedule.steps=[700, 100] is not valid: must be a list of increasing integers"),

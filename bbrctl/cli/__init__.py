@@ -55,12 +55,17 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"bbrctl: error: {_one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:
-        # A place that cannot be written, raised by code that does not name it itself.
-        if e.errno not in STORAGE_ERRNOS:
-            raise
+        # A place that cannot be written (exit 1), or a path the user gave that cannot be
+        # one (/proc/x.md, a file as --runs-root, a name over the file-system limit: exit 2),
+        # raised by code that does not name it itself: one line either way.
         where = e.filename or "a file"
-        typer.echo(f"bbrctl: error: {_one_line(StorageError.of(where, e))}", err=True)
-        sys.exit(StorageError.exit_code)
+        if e.errno in STORAGE_ERRNOS:
+            typer.echo(f"bbrctl: error: {_one_line(StorageError.of(where, e))}", err=True)
+            sys.exit(StorageError.exit_code)
+        shown = str(where) if len(str(where)) <= 200 else f"{str(where)[:100]}...{str(where)[-60:]}"
+        typer.echo(f"bbrctl: error: cannot use {shown!r}: {e.strerror or e}; give a path of this file system "
+                   "that bbrctl can create files in", err=True)
+        sys.exit(UserError.exit_code)
     except KeyboardInterrupt:
         typer.echo("bbrctl: interrupted", err=True)
         sys.exit(130)

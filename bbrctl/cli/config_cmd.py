@@ -22,4 +22,9 @@ def config_command(
     if signature:
         typer.echo(C.signature(cfg))
     else:
-        typer.echo(C.to_yaml(cfg), nl=False)
+        from omegaconf import OmegaConf
+
+        from bbrctl.redact import withhold_setup
+
+        # launcher.setup lines appear only in the batch script (`sweep --show-script` shows it).
+        typer.echo(OmegaConf.to_yaml(withhold_setup(OmegaConf.to_container(cfg, resolve=not unresolved))), nl=False)

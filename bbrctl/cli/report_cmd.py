@@ -74,7 +74,10 @@ def report_command(
         print_outcome(outcome, precision)
     for path in outcome.files:
         typer.echo(f"wrote {path}", err=True)
-    if outcome.wandb:
+    if outcome.wandb and outcome.wandb.get("mode") == "disabled":
+        typer.echo("bbrctl: note: W&B is disabled (WANDB_MODE or the runs' wandb.mode): nothing was logged; "
+                   "set WANDB_MODE=offline or online to log", err=True)
+    elif outcome.wandb:
         w = outcome.wandb
         if w.get("notice"):
             typer.echo(f"bbrctl: note: {w['notice']}", err=True)

@@ -7,7 +7,9 @@ from typing import Optional
 import typer
 
 from bbrctl.cli.app import app
+from bbrctl.cli.common import RunsRootOpt
 from bbrctl.errors import UserError
+from bbrctl.store.root import runs_root as resolve_runs_root
 
 _DEFAULT_LOSSES = "iou,giou,diou,ciou,eiou,focal_eiou"
 
@@ -30,8 +32,9 @@ def simulate_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads \\[default: torch's, less the cores the load average says are busy]."),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="Figure 1 anchor x,y,w,h relative to the 1×1 target at the origin \\[default: 4,2,1,2.4]."),
     quantile_every: int = typer.Option(5, "--quantile-every", help="Record exact IoU quantiles every k iterations (plus the box-plot ones)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory \\[default: runs/simulate/<setupN|figureN>-<signature>]."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory \\[default: <runs root>/simulate/<setupN|figureN>-<signature>]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory (only one bbrctl simulate wrote)."),
+    runs_root: Optional[str] = RunsRootOpt,
     no_plots: bool = typer.Option(False, "--no-plots", help="Write the CSV and JSON only."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -56,7 +59,8 @@ def simulate_command(
             single = make_single_config(anchor=anchor, losses=losses, iterations=iterations, scale_step=scale_step)
         elif anchor is not None or losses is not None:
             raise UserError(f"--anchor and --losses do not apply to --figure {figure}")
-        run_dir, meta, reused = R.run_figure(figure, single_cfg=single, out=out, force=force, plots=not no_plots)
+        run_dir, meta, reused = R.run_figure(figure, single_cfg=single, out=out, force=force, plots=not no_plots,
+                                            runs_root=resolve_runs_root(runs_root))
         R.print_figure(run_dir, meta, reused)
         return
 
@@ -70,5 +74,5 @@ def simulate_command(
                       quantile_every=quantile_every)
     R.set_threads(threads)
     run_dir, summary, reused = R.run_setup(cfg, device=device, out=out, force=force, plots=not no_plots,
-                                           show_progress=not quiet)
+                                           show_progress=not quiet, runs_root=resolve_runs_root(runs_root))
     R.print_setup(run_dir, summary, reused)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from bbrctl.config import schema
 from bbrctl.config.fields import did_you_mean
 from bbrctl.config.tree import group_options, package_config_dir, user_config_dirs
 from bbrctl.errors import UserError
+
+T = TypeVar("T")
 
 
 def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (), resolve: bool = True,
@@ -26,7 +28,35 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
 
     Returns an OmegaConf DictConfig (resolved unless ``resolve=False``), validated
     against bbrctl.config.schema unless ``validate=False``.
+
+    An error message never quotes a ``launcher.setup`` override (:func:`hiding_setup`).
     """
+    return hiding_setup(lambda ovs: _compose(ovs, config_dirs, resolve, validate), overrides)
+
+
+def hiding_setup(run: Callable[[list[str]], T], overrides: Sequence[str]) -> T:
+    """``run(overrides)``, whose UserError never quotes a ``launcher.setup`` override.
+
+    Setup lines may hold secrets. On failure ``run`` is called again with every setup
+    override emptied: its error is the one raised (it cannot hold a setup line), or, when
+    that succeeds, one that names launcher.setup without its value.
+    """
+    overrides = [str(o) for o in overrides]
+    try:
+        return run(overrides)
+    except UserError:
+        from bbrctl.redact import withhold_override
+
+        setup = [o for o in overrides if withhold_override(o) != o]
+        if not setup:
+            raise
+        run([f"{o.partition('=')[0]}=[]" if o in setup and "=" in o else o for o in overrides])
+        raise UserError("launcher.setup is not valid: must be a list of shell lines, e.g. "
+                        "launcher.setup='[\"module load cuda\"]' (the value is not shown: setup lines may "
+                        "hold secrets)") from None
+
+
+def _compose(overrides: list[str], config_dirs, resolve: bool, validate: bool):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -34,7 +64,6 @@ def compose(overrides: Sequence[str] = (), config_dirs: Iterable[str | Path] = (
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [str(o) for o in overrides]
     user_dirs = user_config_dirs(config_dirs)
     for ov in overrides:
         reject_sweep(ov)

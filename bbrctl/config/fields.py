@@ -60,16 +60,23 @@ def _range_text(kind: str, lo, hi, lo_open: bool, hi_open: bool) -> str:
 
 @dataclass(frozen=True)
 class Int(Field):
+    """An integer in [lo, hi]; without ``hi``, at most :data:`INT_CEILING`: every count bbrctl
+    takes (iterations, sizes, periods) fits it, and 10**23 iterations is no experiment."""
+
     lo: int | None = None
     hi: int | None = None
 
     def check(self, v: Any) -> Any:
-        if not is_int(v) or (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+        hi = INT_CEILING if self.hi is None else self.hi
+        if not is_int(v) or (self.lo is not None and v < self.lo) or v > hi:
             raise Invalid(self.describe())
         return v
 
     def describe(self) -> str:
-        return _range_text("an integer", self.lo, self.hi, False, False)
+        return _range_text("an integer", self.lo, INT_CEILING if self.hi is None else self.hi, False, False)
+
+
+INT_CEILING = 2**31 - 1
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,8 @@ LAUNCHER: dict[str, Keys] = {
 # --------------------------------------------------------------------------- checking
 
 def _bad(key: str, value: Any, field: Field) -> UserError:
+    if key.startswith("launcher.setup"):        # may hold secrets: never echoed
+        return UserError(f"{key} is not valid: must be {field.describe()} (the value is not shown)")
     return UserError(f"{key}={_show(value)} is not valid: must be {field.describe()}")
 
 

@@ -28,7 +28,37 @@ def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"config directory {str(d)!r} does not exist")
-    return [d.resolve() for d in dirs]
+    out = [d.resolve() for d in dirs]
+    for d in out:
+        check_yaml_files(d)
+    return out
+
+
+MAX_USER_FILES = 5000
+
+
+def check_yaml_files(d: Path) -> None:
+    """Every ``*.yaml`` of a user's config directory read with bounds before Hydra sees it
+    (bbrctl.store.yamlcheck: one line for broken YAML, duplicate keys, object tags, deep
+    nesting, anchor bombs, non-UTF-8 bytes). Unchanged files are checked once per process."""
+    from bbrctl.store.yamlcheck import load_file
+
+    files = []
+    for i, p in enumerate(sorted(d.rglob("*.yaml"))):
+        if i >= MAX_USER_FILES:
+            raise UserError(f"config directory {str(d)!r} holds more than {MAX_USER_FILES} YAML files")
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        files.append((str(p), st.st_mtime_ns, st.st_size))
+    for key in files:
+        if key not in _CHECKED:
+            load_file(key[0])
+            _CHECKED.add(key)
+
+
+_CHECKED: set[tuple[str, int, int]] = set()
 
 
 def search_path(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:

@@ -93,7 +93,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         if path.exists():
             os.replace(path, path.with_name(PREV))
 
-    atomic_write_with(path, write)
+    atomic_write_with(path, write, levels=2)    # neither the run directory nor checkpoints/ a link
 
 
 def decode(path: str | os.PathLike) -> dict:
@@ -114,7 +114,11 @@ def decode(path: str | os.PathLike) -> dict:
     if not isinstance(outer, dict) or outer.get("format") != FORMAT or not torch.is_tensor(outer.get("payload")):
         fmt = outer.get("format") if isinstance(outer, dict) else None
         raise DamagedCheckpoint(f"{path} is not a bbrctl checkpoint of format {FORMAT} (format {fmt!r})")
-    payload = outer["payload"].numpy().tobytes()
+    t = outer["payload"]
+    if t.dtype != torch.uint8 or t.dim() != 1 or t.is_sparse or not isinstance(outer.get("bytes"), int):
+        raise DamagedCheckpoint(f"{path} is not a bbrctl checkpoint: its payload is a {str(t.dtype).replace('torch.', '')} "
+                                f"tensor of shape {list(t.shape)}, not the 1-D uint8 bytes bbrctl writes")
+    payload = t.contiguous().numpy().tobytes()
     if len(payload) != outer.get("bytes") or hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
         raise DamagedCheckpoint(f"{path} fails its checksum (the file was changed or damaged after it was written)")
     try:
@@ -123,6 +127,10 @@ def decode(path: str | os.PathLike) -> dict:
         raise DamagedCheckpoint(f"{path}: its payload does not load ({_short(e)})") from None
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise DamagedCheckpoint(f"{path} holds no training state (model, iteration)")
+    it, model = state["iteration"], state["model"]
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0 or not isinstance(model, dict) \
+            or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in model.items()):
+        raise DamagedCheckpoint(f"{path} holds no training state (an iteration >= 0 and a model of named tensors)")
     return state
 
 
@@ -163,6 +171,20 @@ def model_state(path: str | os.PathLike) -> tuple[dict, dict]:
         return obj, {}
     raise DamagedCheckpoint(f"checkpoint {str(path)!r} is neither a bbrctl checkpoint (format {FORMAT}) nor a "
                             "state dict of tensors")
+
+
+def check_belongs(path: str | os.PathLike, ckpt_signature: Any, run_dir: str | os.PathLike,
+                  signature: str | None = None) -> None:
+    """UserError unless a checkpoint signed ``ckpt_signature`` belongs to ``run_dir``'s job
+    (its signature, one it had before, or ``signature``); an unsigned one (weights from
+    elsewhere) passes. The rule `train` applies on resume, for `eval` and report figures."""
+    from bbrctl.store import read_job
+
+    job = read_job(run_dir) or {}
+    accepted = {None, signature, job.get("signature"), *(job.get("previous_signatures") or [])}
+    if ckpt_signature not in accepted:
+        raise UserError(f"{path} belongs to another config (signature {ckpt_signature}, this run is "
+                        f"{job.get('signature') or signature}); give a checkpoint of this run")
 
 
 def load_latest(run_dir: str | os.PathLike, note: Callable[[str], None] = lambda msg: None) -> dict | None:

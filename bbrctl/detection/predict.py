@@ -38,7 +38,11 @@ def load_run_model(run_dir: str | os.PathLike, device: str = "cpu"):
     ensure_dataset(cfg["data"])  # synthetic data: regenerated if the cache was cleared
     model = build_model(cfg, num_classes(cfg["data"]))
     state = ckpt.load_checkpoint(path)
-    model.load_state_dict(state["model"])
+    ckpt.check_belongs(path, state.get("signature"), run_dir)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {str(path)!r} does not fit the run's model: {' '.join(str(e).split())[:200]}") from None
     model.eval().to(torch.device(device))
     return model, cfg
 

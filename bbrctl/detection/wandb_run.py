@@ -135,15 +135,15 @@ def run_tags(cfg: Mapping[str, Any], job: Mapping[str, Any] | None, run_dir: Pat
 
 def run_config(cfg: Mapping[str, Any], job: Mapping[str, Any] | None, run_dir: Path) -> dict:
     """The config W&B gets: redacted, launcher reduced to its name, bbrctl's bookkeeping added."""
-    from bbrctl.redact import redact, redact_overrides
+    from bbrctl.redact import public, public_overrides
 
-    out = redact(dict(cfg))
+    out = public(dict(cfg))
     launcher = out.get("launcher")
     if isinstance(launcher, dict):
         out["launcher"] = {"name": launcher.get("name")}
     job = job or {}
     out["bbrctl"] = {"signature": job.get("signature"), "sweep": job.get("sweep"), "run_dir": str(run_dir),
-                     "overrides": redact_overrides(job.get("overrides") or [])}
+                     "overrides": public_overrides(job.get("overrides") or [])}
     return out
 
 
@@ -154,10 +154,10 @@ def artifact_name(run_dir: Path) -> str:
 @contextlib.contextmanager
 def _redacted_argv() -> Iterator[None]:
     """W&B records sys.argv; ``bbrctl train launcher.setup=[...]`` could carry a token."""
-    from bbrctl.redact import redact_overrides
+    from bbrctl.redact import public_overrides
 
     saved = sys.argv
-    sys.argv = [saved[0], *redact_overrides(saved[1:])] if saved else saved
+    sys.argv = [saved[0], *public_overrides(saved[1:])] if saved else saved
     try:
         yield
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bbrctl.launch import slurm
 from bbrctl.status import sweep_jobs
-from bbrctl.store import RunDir, discovery, read_json
+from bbrctl.store import DamagedFile, discovery, read_progress
 from bbrctl.store.manifest import load_manifest
 from bbrctl.store.procs import parent_pid, pid_alive
 
@@ -29,6 +29,9 @@ def cancel(sweep: str, runs_root: Path, wait_s: float = 180.0) -> dict:
         else:
             out["errors"].append(f"scancel {' '.join(arrays)}: {err}")
     host = socket.gethostname()
+    # Only a pid whose recorded start time matches the live process is signalled
+    # (store.procs.pid_alive): a pid in a file proves nothing by itself.
+    starts: dict[int, float] = {}
     for l in manifest.get("launches") or []:
         if l.get("launcher") != "local" or l.get("host") != host or not pid_alive(l.get("pid"), l.get("pid_start")):
             continue
@@ -38,6 +41,7 @@ def cancel(sweep: str, runs_root: Path, wait_s: float = 180.0) -> dict:
             # on to its jobs, which checkpoint and exit 75.
             os.kill(pid, signal.SIGTERM)
             out["local_stopped"].append(pid)
+            starts[pid] = l["pid_start"]
         except (ProcessLookupError, PermissionError) as e:
             out["errors"].append(f"pid {pid}: {e}")
     # Train processes started by hand or orphaned: status.json names them (a supervisor's
@@ -45,20 +49,23 @@ def cancel(sweep: str, runs_root: Path, wait_s: float = 180.0) -> dict:
     supervisors = set(out["local_stopped"])
     for j in jobs:
         if j.state == "running" and j.active and not j.slurm_id:
-            st = read_json(RunDir(j.dir).status)
-            st = st if isinstance(st, dict) else {}
+            try:
+                st = read_progress(j.dir) or {}
+            except DamagedFile:
+                st = {}                  # a damaged status.json proves nothing: nothing signalled
             if st.get("host") == host and pid_alive(st.get("pid"), st.get("pid_start")) \
                     and st.get("pid") not in out["local_stopped"] \
                     and parent_pid(st["pid"]) not in supervisors:
                 try:
                     os.kill(int(st["pid"]), signal.SIGTERM)
                     out["local_stopped"].append(int(st["pid"]))
+                    starts[int(st["pid"])] = st["pid_start"]
                 except (ProcessLookupError, PermissionError) as e:
                     out["errors"].append(f"pid {st['pid']}: {e}")
     # Return once the jobs have checkpointed and the supervisors are gone, so that a
     # re-run right after the cancel sees them stopped, not still owned.
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(pid_alive(p) for p in out["local_stopped"]):
+    while time.monotonic() < deadline and any(pid_alive(p, starts[p]) for p in out["local_stopped"]):
         time.sleep(0.5)
-    out["still_running"] = [p for p in out["local_stopped"] if pid_alive(p)]
+    out["still_running"] = [p for p in out["local_stopped"] if pid_alive(p, starts[p])]
     return out

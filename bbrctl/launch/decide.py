@@ -17,11 +17,16 @@ class JobDecision:
     signature: str
     name: str
     run_dir: Path
-    overrides: list[str]
+    overrides: list[str]       # as shown and recorded (bbrctl.redact.public_overrides: setup withheld)
     state: str                 # current state (bbrctl.status states, "new" for no run dir yet)
     action: str                # "launch" | "skip"
     reason: str = ""
     slurm_id: str | None = None
+
+    def __post_init__(self) -> None:
+        from bbrctl.redact import public_overrides
+
+        self.overrides = public_overrides(self.overrides)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "signature": self.signature, "run_dir": str(self.run_dir),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bbrctl.errors import REQUEUE_EXIT, UserError
-from bbrctl.store import RunDir, atomic_write_json, locks, read_job, read_json, read_status, write_results
+from bbrctl.store import RunDir, atomic_write_json, locks, safe, read_job, read_json, read_status, write_results
 
 RUN_LOCK = ".launch.lock"        # held by the supervisor while a job of it runs
 _GRACE_S = 120.0                 # after SIGTERM, how long jobs get to checkpoint
@@ -182,7 +182,12 @@ class Supervisor:
             self.codes[str(run_dir)] = 0
             return
         # The lock makes two supervisors (two `bbrctl sweep` runs) never train one run dir at once.
-        fd = locks.try_lock(run_dir / RUN_LOCK, "a bbrctl local supervisor")
+        try:
+            fd = locks.try_lock(run_dir / RUN_LOCK, "a bbrctl local supervisor")
+        except UserError as e:          # a link or directory where the lock belongs
+            self.log(f"FAILED {run_dir.name}: {' '.join(str(e).split())}")
+            self.codes[str(run_dir)] = 1
+            return
         if fd is None:
             self.log(f"skip {run_dir.name}: another launcher is running it")
             self.codes[str(run_dir)] = None
@@ -198,11 +203,17 @@ class Supervisor:
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = self.command(run_dir, self.cfg.gpus_per_job)
-        with open(RunDir(run_dir).stdout_log, "ab") as out:
-            # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which
-            # turns it into SIGTERM (checkpoint, exit 75) instead of killing jobs mid-step.
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, close_fds=True, start_new_session=True)
+        try:
+            with safe.open_append(RunDir(run_dir).stdout_log) as out:   # no link followed
+                # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which
+                # turns it into SIGTERM (checkpoint, exit 75) instead of killing jobs mid-step.
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, close_fds=True, start_new_session=True)
+        except (UserError, OSError) as e:
+            locks.release(fd)
+            self.log(f"FAILED {run_dir.name}: {' '.join(str(e).split())}")
+            self.codes[str(run_dir)] = 1
+            return
         self.running.append(_Running(run_dir, proc, slot, fd, time.time()))
         gpu_note = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self.cfg.gpu_groups else ""
         self.log(f"start {run_dir.name} (pid {proc.pid}){gpu_note}")
@@ -261,7 +272,7 @@ def write_plan(path: Path, run_dirs: Sequence[Path], cfg: LocalSettings, sweep_d
 
 def spawn_detached(plan_path: Path, log_path: Path) -> subprocess.Popen:
     """Start ``python -m bbrctl.launch.local PLAN`` in its own session, logging to log_path."""
-    with open(log_path, "ab") as log:
+    with safe.open_append(log_path) as log:
         return subprocess.Popen([sys.executable, "-m", "bbrctl.launch.local", str(plan_path)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)

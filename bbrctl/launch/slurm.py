@@ -72,10 +72,14 @@ def resolve_template(name: str) -> Path:
 def render(settings: dict, *, sweep_name: str, tasks_file: Path, n_tasks: int) -> str:
     """The batch script for one array. Only checked values and quoted strings go in."""
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
     path = resolve_template(settings["template"])
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
-                             autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    # A template is trusted input (it writes the shell script SLURM runs), but rendering it
+    # (also for --dry-run and --show-script) must not run Python: Jinja2's sandbox refuses
+    # attribute walks like ``cycler.__init__.__globals__.os`` (SecurityError, one line).
+    env = SandboxedEnvironment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+                               autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["q"] = lambda v: shlex.quote(str(v))
     try:
         tmpl = env.get_template(path.name)
@@ -90,7 +94,8 @@ def render(settings: dict, *, sweep_name: str, tasks_file: Path, n_tasks: int) -
             python=settings.get("python") or sys.executable, tasks_file=str(tasks_file), n_tasks=n_tasks,
         )
     except jinja2.TemplateError as e:
-        raise UserError(f"SLURM template {str(path)!r} does not render: {type(e).__name__}: {e}") from None
+        raise UserError(f"SLURM template {str(path)!r} does not render: {type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}") from None
 
 
 def sbatch_argv(script: Path, n_tasks: int, max_parallel: int, log_dir: Path, job_name: str) -> list[str]:

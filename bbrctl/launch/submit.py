@@ -29,7 +29,7 @@ from bbrctl.launch import local, slurm
 from bbrctl.launch.decide import JobDecision, decide
 from bbrctl.launch.follow import follow
 from bbrctl.status import ProgressView, counts, sweep_jobs
-from bbrctl.store import PRIVATE, RunDir, SweepDir, append_lines, atomic_write_text, locks, prepare_run_dir
+from bbrctl.store import PRIVATE, RunDir, SweepDir, append_lines, atomic_write_text, locks, prepare_run_dir, safe
 from bbrctl.store.atomic import made_dirs
 from bbrctl.store.manifest import load_manifest, next_launch_id, save_manifest
 from bbrctl.store.procs import proc_start_time
@@ -159,7 +159,7 @@ def _launch_local(plan: SweepPlan, manifest: dict, todo: list[JobDecision], cfg,
         entry.update(mode="foreground", pid=os.getpid(), pid_start=proc_start_time(os.getpid()))
     else:
         sweep = SweepDir(plan.sweep_dir)
-        sweep.launches.mkdir(exist_ok=True)
+        safe.ensure_dir(sweep.launches)
         plan_path = sweep.local_plan(lid)
         local.write_plan(plan_path, [d.run_dir for d in todo], cfg, plan.sweep_dir)
         log = sweep.log
@@ -244,7 +244,7 @@ def show_script(plan: SweepPlan, decisions: list[JobDecision]) -> SlurmSubmissio
 def _launch_slurm(plan: SweepPlan, manifest: dict, todo: list[JobDecision], settings: dict) -> dict:
     sub = slurm_submission(plan, manifest, todo, settings)
     log_dir = SweepDir(plan.sweep_dir).slurm_logs
-    log_dir.mkdir(parents=True, exist_ok=True)
+    safe.ensure_dir(log_dir, levels=2)     # slurm/ and slurm/logs/: neither may be a link
     slurm.write_tasks(sub.tasks_file, sub.run_dirs)
     # The batch script holds launcher.setup (module loads, maybe a token): its owner's alone.
     atomic_write_text(sub.script, sub.text, mode=PRIVATE)

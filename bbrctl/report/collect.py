@@ -3,8 +3,8 @@
 A run directory is any folder holding ``job.json`` (written by ``bbrctl.store.prepare_run_dir``; found by ``bbrctl.store.discovery``)
 under the runs root; the walk does not descend into a run directory (checkpoints/ can be
 large). Files are written atomically by the trainer, so a read sees a whole file or none; a
-file that still does not parse (an older writer, a disk error) makes the run "incomplete"
-rather than an exception.
+file that does not pass its schema (bbrctl.store's one reader per file, the same status and
+train use) makes the run "incomplete" rather than an exception or a number.
 
 Run states as the report sees them:
   done        results.json status "done" with metrics.<metric>
@@ -16,13 +16,12 @@ Run states as the report sees them:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbrctl.store import JOB, RESULTS, STATUS
+from bbrctl.store import JOB, RESULTS, DamagedFile, read_job, read_progress, read_results
 from bbrctl.store.discovery import find_run_dirs
 
 
@@ -55,19 +54,19 @@ class Collection:
     denied: list[Path] = field(default_factory=list)  # directories this user may not read (another user's)
 
 
-def _read(path: Path) -> tuple[bool, Any]:
-    """(exists, parsed or None). Reads the whole file at once: atomic writers replace it whole."""
+def _checked(read, run_dir: Path) -> tuple[bool, Any]:
+    """(exists, schema-checked content or None): the store's one reader of the file
+    (bbrctl.store.read_job / read_results / read_progress), so report trusts exactly what
+    status and train trust; a damaged file is "incomplete" here, never a number."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return False, None
-    except OSError:
+        got = read(run_dir)
+    except DamagedFile:
         return True, None
-    try:
-        return True, json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return True, None
+    return got is not None, got
+
+
+def _job(d: Path) -> Any:
+    return _checked(read_job, d)[1]
 
 
 def collect(root: str | os.PathLike, sweep: str | None = None) -> Collection:
@@ -84,7 +83,7 @@ def collect(root: str | os.PathLike, sweep: str | None = None) -> Collection:
         if not os.access(d / JOB, os.R_OK):
             denied.append(d)
             continue
-        _, job = _read(d / JOB)
+        job = _job(d)
         if not isinstance(job, dict):
             unreadable.append(d)
             continue
@@ -100,7 +99,7 @@ def sweeps_under(root: str | os.PathLike) -> list[str]:
     """Sweep names found under ``root`` (for the error message of an unknown --sweep)."""
     names = set()
     for d in find_run_dirs(Path(root)):
-        _, job = _read(d / JOB)
+        job = _job(d)
         if isinstance(job, dict) and job.get("sweep"):
             names.add(str(job["sweep"]))
     return sorted(names)
@@ -108,13 +107,13 @@ def sweeps_under(root: str | os.PathLike) -> list[str]:
 
 def load_outcome(run: Run, metric: str = "bbox") -> Run:
     """Fill ``run.state``/``metrics``/``detail`` from results.json, else status.json."""
-    exists, res = _read(run.dir / RESULTS)
+    exists, res = _checked(read_results, run.dir)
     if exists:
         if not isinstance(res, dict) and not os.access(run.dir / RESULTS, os.R_OK):
             run.state, run.detail = "unreadable", "results.json cannot be read (Permission denied): its owner's umask keeps it private"
             return run
         if not isinstance(res, dict):
-            run.state, run.detail = "incomplete", "results.json could not be read"
+            run.state, run.detail = "incomplete", "results.json could not be read (damaged: see `bbrctl status`)"
             return run
         run.results_signature = res.get("signature")
         run.env = res.get("env") if isinstance(res.get("env"), dict) else None
@@ -132,7 +131,7 @@ def load_outcome(run: Run, metric: str = "bbox") -> Run:
             return run
         run.state, run.detail = "incomplete", f"results.json has status {status!r}"
         return run
-    exists, st = _read(run.dir / STATUS)
+    exists, st = _checked(read_progress, run.dir)
     if isinstance(st, dict) and st.get("state") in ("running", "requeued", "pending", "failed", "done"):
         state = st["state"]
         it, mx = st.get("iteration"), st.get("max_iter")
@@ -145,7 +144,7 @@ def load_outcome(run: Run, metric: str = "bbox") -> Run:
             run.state, run.detail = state, progress
         return run
     if exists:
-        run.state, run.detail = "incomplete", "status.json could not be read"
+        run.state, run.detail = "incomplete", "status.json could not be read (damaged: see `bbrctl status`)"
         return run
     run.state, run.detail = "pending", ""
     return run

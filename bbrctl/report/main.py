@@ -60,7 +60,7 @@ def _format_of(out: str | None, fmt: str | None, default: str) -> str:
 def _collection(runs: str | os.PathLike, sweep: str | None) -> Collection:
     root = Path(runs)
     if not root.is_dir():
-        raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs DIR "
+        raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs-root DIR "
                         f"(the runs_root where `bbrctl sweep`/`bbrctl train` create run directories)")
     col = collect(root, sweep)
     if sweep and not col.runs and not col.unreadable and not col.denied:
@@ -135,7 +135,7 @@ def report_table(key: str, *, runs: str | os.PathLike = "runs", sweep: str | Non
     files = []
     if out != "-":
         path = Path(out) if out else Path(out_dir) / f"{defn.name}{SUFFIX[fmt]}"
-        atomic_write_text(path, text)
+        atomic_write_text(path, text, levels=0)
         files.append(path)
     outcome = Outcome("table", defn.name, fmt, text, tr, files)
     if wandb:
@@ -175,15 +175,15 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
         from bbrctl.report.simulation import load_simulation, plot_simulation, simulation_text, summary_rows
 
         if where:
-            raise UserError("--where applies to training runs; for a simulation figure pass --runs DIR")
+            raise UserError("--where applies to training runs; for a simulation figure pass --runs-root DIR")
         root = Path(runs)
         if not root.is_dir():
-            raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs DIR holding `bbrctl simulate` output")
+            raise UserError(f"runs directory {str(root)!r} does not exist; pass --runs-root DIR holding `bbrctl simulate` output")
         sr = load_simulation(defn, root)
         text = simulation_text(sr, fmt)
         image = plot_simulation(sr)
-        atomic_write_text(data, text)
-        atomic_write_bytes(png, image)
+        atomic_write_text(data, text, levels=0)
+        atomic_write_bytes(png, image, levels=0)
         outcome = Outcome("simulation", defn.name, fmt, text, sr, [png, data])
         if paper:
             sr.notes.append("--paper: the paper publishes Figures 7 and 8 as plots only; no numbers to compare")
@@ -213,8 +213,8 @@ def report_figure(key: str, *, runs: str | os.PathLike = "runs", sweep: str | No
     else:
         raise UserError("figure data can be written as csv, json or md (not latex)")
     image = plot_figure(fr)
-    atomic_write_text(data, text)
-    atomic_write_bytes(png, image)
+    atomic_write_text(data, text, levels=0)
+    atomic_write_bytes(png, image, levels=0)
     outcome = Outcome("figure", defn.name, fmt, text, fr, [png, data])
     if wandb:
         from bbrctl.report.wandb_table import log_report, with_trace
@@ -245,7 +245,7 @@ def report_detections(run_dirs: Sequence[str], *, images: int = 4, score_thresho
     if png_path.is_dir():
         raise UserError(f"--out {out!r} is a directory; give a file name such as {png_path / 'detections.png'}")
     png, info = detections_figure(dirs, images=images, score_threshold=score_threshold, device=device)
-    atomic_write_bytes(png_path, png)
+    atomic_write_bytes(png_path, png, levels=0)
     lines = [f"{label}: {sum(info['detections_shown'][label])} detections drawn" for label in info["labels"]]
     text = (f"detections on val images {', '.join(str(i) for i in info['image_ids'])} "
             f"(score >= {score_threshold:g}):\n" + "".join(f"  {line}\n" for line in lines))
@@ -306,9 +306,9 @@ def _rich_simple(title: str, header: list[str], rows: list[list[str]], footnotes
     from rich.text import Text
 
     console = console or Console()
-    t = Table(title=title, title_justify="left", header_style="bold")
+    t = Table(title=Text(str(title or "")), title_justify="left", header_style="bold")   # text, not markup
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        t.add_column(Text(str(h)), justify="left" if i == 0 else "right", no_wrap=True)
     for r in rows:
         t.add_row(*[Text(c) for c in r])
     console.print(t)

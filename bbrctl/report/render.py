@@ -341,9 +341,10 @@ def print_rich(tr: TableResult, precision: int = 1, console=None) -> None:
 
     g = grid(tr, precision)
     console = console or Console()
-    t = Table(title=tr.title, title_justify="left", header_style="bold")
+    # Text, not markup: a title or label like "[/bold]" from a user's definition is printed as written.
+    t = Table(title=Text(str(tr.title or "")), title_justify="left", header_style="bold")
     for h, a in zip(g.header, g.align):
-        t.add_column(h, justify="left" if a == "l" else "right", no_wrap=True)
+        t.add_column(Text(str(h)), justify="left" if a == "l" else "right", no_wrap=True)
     for row, kind in zip(g.body, g.kinds):
         source, state = kind.split(":", 1)
         style = "italic dim" if source == "paper" else _STYLE.get(state, "")

@@ -4,7 +4,7 @@ A simulation run directory holds ``summary.json`` ({"setup", "config", "losses":
 {final_error, mean_iou, median_iou, frac_iou_gt_0.5, ...}}}), ``error_curves.csv``
 (iteration, one column per loss) and ``iou_quantiles.csv`` (loss, iteration, q0, q05, q25,
 q50, q75, q95, q100, mean). The newest directory with the requested setup under the runs
-root is used (or the directory given as --runs itself); others are named in a note.
+root is used (or the directory given as --runs-root itself); others are named in a note.
 The figure has the paper's two panels: (a) the regression error E(t) of every loss, (b) box
 plots of the IoU at a few iterations per loss (whiskers at the 5th/95th percentiles).
 """
@@ -52,25 +52,53 @@ def find_simulations(root: Path, setup: int) -> list[tuple[float, Path]]:
     found = []
     for d in find_dirs_holding(root, SUMMARY, max_depth=6):
         p = d / SUMMARY
-        try:
-            summary = json.loads(p.read_bytes())
-            if isinstance(summary, dict) and summary.get("setup") == setup:
+        summary = read_summary(d)
+        if summary is not None and summary.get("setup") == setup:
+            try:
                 found.append((p.stat().st_mtime, d))
-        except (OSError, ValueError):
-            pass
+            except OSError:
+                pass
     found.sort(key=lambda t: (t[0], str(t[1])), reverse=True)
     return found
 
 
+def read_summary(run_dir: Path) -> dict | None:
+    """summary.json of a simulation output when it is what `bbrctl simulate` writes
+    ({"setup": int, "losses": {name: {column: number | null}}}), else None: a damaged or
+    hand-made one is skipped, never a traceback in a figure."""
+    import math
+
+    from bbrctl.store import safe
+
+    try:
+        s = json.loads(safe.read_bytes(run_dir / SUMMARY, limit=16 << 20))
+    except (OSError, ValueError, UserError, RecursionError):
+        return None
+    if not isinstance(s, dict) or not isinstance(s.get("setup"), int) or isinstance(s.get("setup"), bool):
+        return None
+    losses = s.get("losses", {})
+    ok = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    if not isinstance(losses, dict) or not all(isinstance(b, dict) and all(ok(v) for v in b.values())
+                                               for b in losses.values()):
+        return None
+    if s.get("config") is not None and not isinstance(s["config"], dict):
+        return None
+    return s
+
+
 def _floats(row: dict[str, str], skip: tuple[str, ...]) -> dict[str, float]:
+    import math
+
     out = {}
     for k, v in row.items():
-        if k in skip or v in (None, ""):
-            continue
+        if k in skip or not isinstance(k, str) or not isinstance(v, str) or v == "":
+            continue                # a short or long row (csv gives None keys/values): skipped
         try:
-            out[k] = float(v)
+            f = float(v)
         except ValueError:
             continue
+        if math.isfinite(f):
+            out[k] = f
     return out
 
 
@@ -85,8 +113,8 @@ def load_simulation(defn: SimulationDef, root: str | os.PathLike) -> SimulationR
     notes = []
     if len(found) > 1:
         notes.append(f"{len(found) - 1} older setup-{defn.setup} simulation(s) under {root} not shown "
-                     f"(pass --runs DIR to pick one), e.g. {found[1][1]}")
-    summary = json.loads((run_dir / SUMMARY).read_bytes())
+                     f"(pass --runs-root DIR to pick one), e.g. {found[1][1]}")
+    summary = read_summary(run_dir) or {"setup": defn.setup, "losses": {}}
     curves: dict[str, list[tuple[int, float]]] = {}
     try:
         with open(run_dir / CURVES, newline="", encoding="utf-8") as f:
@@ -94,7 +122,8 @@ def load_simulation(defn: SimulationDef, root: str | os.PathLike) -> SimulationR
                 it = int(float(row["iteration"]))
                 for loss, v in _floats(row, ("iteration",)).items():
                     curves.setdefault(loss, []).append((it, v))
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError, OverflowError, csv.Error) as e:
+        curves = {}
         notes.append(f"{run_dir / CURVES} unreadable ({type(e).__name__}); panel (a) left empty")
     quantiles: dict[str, list[tuple[int, dict[str, float]]]] = {}
     try:
@@ -102,7 +131,8 @@ def load_simulation(defn: SimulationDef, root: str | os.PathLike) -> SimulationR
             for row in csv.DictReader(f):
                 quantiles.setdefault(row["loss"], []).append(
                     (int(float(row["iteration"])), _floats(row, ("loss", "iteration"))))
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError, OverflowError, csv.Error) as e:
+        quantiles = {}
         notes.append(f"{run_dir / QUANTILES} unreadable ({type(e).__name__}); panel (b) left empty")
     return SimulationResult(defn, run_dir, summary, curves, quantiles, notes)
 

@@ -78,6 +78,9 @@ def log_report(name: str, title: str, columns: Sequence[str], rows: Sequence[Seq
     cfg = dict(run_wandb or {})
     mode, notice = wandb_settings.resolve(cfg.get("mode"), explicit=True)
     project = cfg.get("project") or "bbrctl"
+    if mode == "disabled":          # nothing is logged, and nothing may say it was
+        return {"mode": "disabled", "project": project, "group": group, "run_dir": None, "url": None, "run_id": None,
+                "notice": notice}
     # The caller passes the training runs' own group (bbrctl.config.wandb_settings.run_group).
     group = cfg.get("group") or group
     # Passed explicitly: wandb reads WANDB_DIR once per process, at the first init.

@@ -36,8 +36,9 @@ ERROR_CSV = "error_curves.csv"
 QUANTILE_CSV = "iou_quantiles.csv"
 DONE_MARKERS = (SUMMARY, "figure.json")
 # Written first into every simulation output: --force replaces only directories holding it
-# (or a finished simulation of an older bbrctl), never someone's other data.
+# (a regular file with this text), never someone's other data, whatever else they hold.
 MARKER = ".bbrctl-simulation"
+MARKER_TEXT = "written by bbrctl simulate; --force may replace this directory\n"
 
 
 def default_run_dir(kind: str, signature: str, runs_root: str | os.PathLike = "runs") -> Path:
@@ -49,7 +50,14 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def is_simulation_output(run_dir: Path) -> bool:
-    return (run_dir / MARKER).is_file() or is_complete(run_dir)
+    """Whether ``run_dir`` holds bbrctl's own marker (a summary.json or figure.json alone
+    proves nothing: anyone can write one)."""
+    from bbrctl.store import safe
+
+    try:
+        return safe.read_bytes(run_dir / MARKER, limit=4096).decode("utf-8", "replace") == MARKER_TEXT
+    except (OSError, UserError):
+        return False
 
 
 def check_destination(run_dir: Path, *, explicit: bool, force: bool) -> bool:
@@ -71,7 +79,7 @@ def check_destination(run_dir: Path, *, explicit: bool, force: bool) -> bool:
     if explicit:
         raise UserError(f"--out {str(run_dir)!r} exists and is not empty; pass --force to replace it "
                         f"or choose another directory")
-    if is_complete(run_dir):
+    if is_complete(run_dir) and is_simulation_output(run_dir):
         return True
     raise UserError(f"{str(run_dir)!r} exists but holds no finished simulation; pass --force to replace it")
 
@@ -93,7 +101,7 @@ def staged(run_dir: Path, *, force: bool) -> Iterator[Path]:
         raise
     try:
         os.chmod(tmp, default_mode(0o777))   # mkdtemp makes it 0700; a run dir is for everyone to read
-        (tmp / MARKER).write_text("written by bbrctl simulate; --force may replace this directory\n")
+        atomic_write_text(tmp / MARKER, MARKER_TEXT)
         yield tmp
         if run_dir.exists():
             if any(run_dir.iterdir()) and (not force or not is_simulation_output(run_dir)):

@@ -182,6 +182,9 @@ def parse_losses(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+MAX_PAIRS = 5_000_000  # ~15x the paper's setup 1 (343,000 pairs): a few GiB of float64 state
+
+
 def validate(cfg: SimConfig) -> None:
     from bbrctl.losses.spec import check_params
 
@@ -192,6 +195,14 @@ def validate(cfg: SimConfig) -> None:
         raise UserError(f"--iterations must be an integer >= 1, got {cfg.iterations!r}")
     if cfg.points is not None and (not isinstance(cfg.points, int) or cfg.points < 1):
         raise UserError(f"--points must be an integer >= 1, got {cfg.points!r}")
+    if cfg.n_pairs > MAX_PAIRS:
+        raise UserError(f"--points {cfg.n_points} gives {cfg.n_pairs:,} box pairs, more than the {MAX_PAIRS:,} a "
+                        f"simulation may hold (setup 1 of the paper has {SETUPS[1].points * cfg.n_pairs // cfg.n_points:,})")
+    # Checked whichever losses run: both are recorded in summary.json (JSON has no NaN).
+    for flag, v, lo in (("--beta", cfg.beta, "> 0"), ("--gamma", cfg.gamma, ">= 0")):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or \
+                (v == 0 and lo == "> 0"):
+            raise UserError(f"{flag} must be a finite number {lo}, got {v!r}")
     if not (isinstance(cfg.target_area, (int, float)) and math.isfinite(cfg.target_area) and cfg.target_area > 0):
         raise UserError(f"--target-area must be a finite number > 0, got {cfg.target_area!r}")
     if cfg.dtype not in DTYPES:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bbrctl.status import slurm_queue
-from bbrctl.store import JOB, RESULTS, STATUS, DamagedFile, discovery, read_json
+from bbrctl.store import RESULTS, STATUS, DamagedFile, discovery, read_job
 from bbrctl.store.manifest import last_launch_of, load_manifest
 from bbrctl.store.procs import pid_alive
 from bbrctl.store.rundir import read_progress, read_results
@@ -184,7 +184,8 @@ def inspect_job(run_dir: Path, name: str, signature: str, launch: dict | None, s
         if host == sched.host:
             js.active = pid_alive(pid, status.get("pid_start"))
         else:
-            js.active = isinstance(js.updated, (int, float)) and now - js.updated < STALE_S
+            # |age|: a clock ahead by more than STALE_S (or a crafted future time) is not "live".
+            js.active = isinstance(js.updated, (int, float)) and abs(now - js.updated) < STALE_S
             if js.active:
                 js.note = f"on {host}; last update {_age(now - js.updated)} ago"
         if not js.active:
@@ -229,7 +230,8 @@ def sweep_jobs(sweep_dir: Path, only: Sequence[str] | None = None, query_schedul
     sched = Scheduler(manifest, query=query_scheduler)
     entries: list[tuple[str, str, Path]] = []
     seen: set[str] = set()
-    listed = sorted((manifest.get("jobs") or {}).items(), key=lambda kv: (kv[1].get("index", 1 << 30), kv[0]))
+    listed = sorted((manifest.get("jobs") or {}).items(),
+                    key=lambda kv: (kv[1]["index"] if isinstance(kv[1].get("index"), int) else 1 << 62, kv[0]))
     if only is not None:
         rank = {sig: i for i, sig in enumerate(only)}
         listed = sorted((kv for kv in listed if kv[0] in rank), key=lambda kv: rank[kv[0]])
@@ -239,8 +241,10 @@ def sweep_jobs(sweep_dir: Path, only: Sequence[str] | None = None, query_schedul
     if only is None:
         for d in sorted(discovery.run_dirs(sweep_dir, seen), key=lambda p: p.name):
             name, _, sig = d.name.rpartition("-")
-            job = read_json(d / JOB)
-            job = job if isinstance(job, dict) else {}
+            try:
+                job = read_job(d) or {}
+            except DamagedFile:
+                job = {}
             entries.append((job.get("name") or name or d.name, job.get("signature") or sig, d))
     now = time.time()
     return [inspect_job(d, name, sig, last_launch_of(manifest, sig), sched, now) for name, sig, d in entries]

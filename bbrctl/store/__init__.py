@@ -3,7 +3,9 @@
 Modules (each imports only the standard library and the ones above it in this list)::
 
     paths.py       RunDir / SweepDir: every file's path as a property; the file-name constants
+    safe.py        opens that follow no link inside a run or sweep directory (O_NOFOLLOW, dir fds)
     atomic.py      atomic writes (temp + fsync + rename), tolerant reads, metrics.jsonl appends
+    yamlcheck.py   YAML someone else may have written, read with bounds (config dirs, config.yaml)
     schemas.py     the schemas of results/status/job/sweep JSON files; results_record()
     names.py       safe directory names; ensure_inside() keeps every path in the runs root
     procs.py       pid + start time checks (a reused pid is not the recorded process)

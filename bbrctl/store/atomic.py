@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from bbrctl.errors import STORAGE_ERRNOS, StorageError
+from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
+from bbrctl.store import safe
 
 TMP_SUFFIX = ".tmp"
 PRIVATE = 0o600  # owner read/write only, whatever the umask
@@ -47,37 +48,59 @@ def default_mode(base: int = 0o666) -> int:
     return base & ~current_umask()
 
 
-def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None) -> None:
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None,
+                      levels: int = 1) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
     ``mode``: the file's permission bits (default: 0666 less the umask, as open() gives).
     A failure (or Ctrl-C) inside ``write`` leaves the old file and no temp file behind. A
     place that cannot be written (disk full, read-only, no permission) raises
-    StorageError naming ``path``.
+    StorageError naming ``path``. The directory is opened without following a link and
+    the temp file is made and renamed inside it (bbrctl.store.safe): a planted link is
+    replaced, never written through. ``levels``: how many directories above the file are
+    bbrctl's and checked (2 for ``checkpoints/last.pt``: neither the run directory nor
+    ``checkpoints/`` may be a link; 0 for a path the user named, ``report --out``, whose
+    directory may be a link of theirs).
     """
     path = Path(path)
+    safe.ensure_dir(path.parent, levels=levels)
+    dfd = safe.open_dir(path.parent, follow=levels == 0)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as e:
-        if e.errno in STORAGE_ERRNOS:
-            raise StorageError.of(path, e) from None
-        raise
-    try:
-        os.fchmod(fd, default_mode() if mode is None else mode)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
+        tmp, fd = _make_temp(dfd, path)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-            raise StorageError.of(path, e) from None
-        raise
+            os.fchmod(fd, default_mode() if mode is None else mode)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            safe.replace_in_dir(dfd, tmp, path.name)
+        except BaseException as e:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+                raise StorageError.of(path, e) from None
+            raise
+    finally:
+        os.close(dfd)
+
+
+def _make_temp(dfd: int, path: Path) -> tuple[str, int]:
+    """A new temp file ``.<name>.<random>.tmp`` in directory ``dfd`` (O_EXCL: never an existing one)."""
+    for _ in range(100):
+        tmp = f".{path.name[:200]}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | safe.NOFOLLOW, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno in STORAGE_ERRNOS:
+                raise StorageError.of(path, e) from None
+            # /proc, a name over the file-system limit: the path given cannot hold a file.
+            raise UserError(f"cannot write {str(path)!r}: {e.strerror or e}; give a path bbrctl can create "
+                            "files in") from None
+    raise StorageError(f"cannot write {path}: no free temp file name")
 
 
 @contextlib.contextmanager
@@ -111,36 +134,40 @@ def made_dirs(path: str | os.PathLike, keep: tuple[str, ...] = ()) -> Iterator[P
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
-    atomic_write_with(path, lambda f: f.write(data), mode=mode)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None, levels: int = 1) -> None:
+    atomic_write_with(path, lambda f: f.write(data), mode=mode, levels=levels)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = None, levels: int = 1) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode, levels=levels)
 
 
 def dumps_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, dumps_json(obj))
+def atomic_write_json(path: str | os.PathLike, obj: Any, levels: int = 1) -> None:
+    atomic_write_text(path, dumps_json(obj), levels=levels)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
-    """A JSON file written by atomic_write_json; ``default`` if absent or unreadable."""
+    """A JSON file written by atomic_write_json; ``default`` if absent, unreadable or not a
+    regular file (a link, FIFO or directory in its place is never followed or waited on)."""
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError, UnicodeDecodeError):
+        return json.loads(safe.read_bytes(path))
+    except (OSError, ValueError, UnicodeDecodeError, safe.UnsafePath):
         return default
 
 
 def append_lines(path: str | os.PathLike, lines: str) -> None:
-    """Append whole lines (one write() call: concurrent readers see whole lines or nothing new)."""
+    """Append whole lines (one write() call: concurrent readers see whole lines or nothing new).
+
+    The file is opened without following a link (bbrctl.store.safe): a ``train.log`` that
+    is a symlink is refused, not appended through.
+    """
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(lines)
+        with safe.open_append(path) as fd:
+            os.write(fd, lines.encode("utf-8"))
     except OSError as e:
         if e.errno in STORAGE_ERRNOS:
             raise StorageError.of(path, e) from None

@@ -11,12 +11,13 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
-from pathlib import Path
 from typing import Iterator
 
 from bbrctl.errors import UserError
+from bbrctl.store import safe
 from bbrctl.store.procs import proc_start_time
 
 
@@ -27,20 +28,24 @@ class Locked(UserError):
 def holder(path: str | os.PathLike) -> str:
     """Who holds (or last held) the lock at ``path``, for messages."""
     try:
-        info = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
+        info = json.loads(safe.read_bytes(path, limit=4096) or b"{}")
+    except (OSError, ValueError, UserError):
         return "another process"
     if not isinstance(info, dict) or "pid" not in info:
         return "another process"
-    what = info.get("what") or "a process"
-    return f"{what} (pid {info.get('pid')} on {info.get('host')})"
+    # The lock file is anyone's to write: only plain characters of it reach a message.
+    pid = info.get("pid") if isinstance(info.get("pid"), int) else "?"
+    return f"{_plain(info.get('what') or 'a process')} (pid {pid} on {_plain(info.get('host'))})"
+
+
+def _plain(v: object) -> str:
+    return re.sub(r"[^A-Za-z0-9 ._:@/`-]", "?", str(v))[:80]
 
 
 def try_lock(path: str | os.PathLike, what: str) -> int | None:
     """Take the lock at ``path``; its fd, or None when another process holds it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # No link followed, no FIFO waited on (bbrctl.store.safe): UnsafePath (exit 2) instead.
+    fd = safe.open_file(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -78,8 +83,8 @@ def locked(path: str | os.PathLike, what: str, busy: str) -> Iterator[None]:
 def is_locked(path: str | os.PathLike) -> bool:
     """Whether some process holds the lock at ``path`` right now (without taking it)."""
     try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
+        fd = safe.open_file(path, os.O_RDWR, make_dir=False)
+    except (OSError, UserError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

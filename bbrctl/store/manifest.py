@@ -30,12 +30,12 @@ def load_manifest(sweep_dir: str | os.PathLike) -> dict:
 
 
 def save_manifest(sweep_dir: str | os.PathLike, manifest: dict) -> None:
-    from bbrctl.redact import redact
+    from bbrctl.redact import public
 
     manifest["updated"] = time.time()
     schemas.check_manifest(manifest)
-    # Overrides and launch records as typed may hold a token (launcher.setup); the file does not.
-    atomic_write_json(SweepDir(sweep_dir).manifest, redact(manifest))
+    # Overrides and launch records as typed may hold launcher.setup lines or a token; the file does not.
+    atomic_write_json(SweepDir(sweep_dir).manifest, public(manifest))
 
 
 def last_launch_of(manifest: dict, signature: str) -> dict | None:

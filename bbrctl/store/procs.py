@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 
@@ -24,26 +23,23 @@ def parent_pid(pid: int) -> int | None:
         return None
 
 
-def pid_alive(pid: Any, start: Any = None) -> bool:
-    """True while ``pid`` runs (not a zombie) and, if ``start`` is given, started then."""
+def pid_alive(pid: Any, start: Any) -> bool:
+    """True only with proof that the recorded process still runs: ``pid`` runs (not a
+    zombie) and its start time is ``start``.
+
+    A record without a start time (hand-made, or from someone else's file) proves nothing:
+    False, so such a pid is never signalled and never counts as running; a reused pid has
+    another start time.
+    """
     if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    except OverflowError:
+    if not isinstance(start, (int, float)) or isinstance(start, bool):
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False         # a zombie has finished
-    except (OSError, IndexError):
-        pass
-    if start is not None:
-        now = proc_start_time(pid)
-        if now is not None and now != start:
-            return False
-    return True
+            fields = f.read().rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
+            return False             # a zombie has finished
+        return float(fields[19]) == float(start)
+    except (OSError, IndexError, ValueError):
+        return False

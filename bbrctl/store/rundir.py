@@ -14,10 +14,13 @@ from typing import Any, Callable
 
 from bbrctl.errors import STORAGE_ERRNOS, StorageError, UserError
 from bbrctl.provenance import software
-from bbrctl.store import schemas
+from bbrctl.store import safe, schemas
 from bbrctl.store.atomic import atomic_write_json, atomic_write_text, default_mode, made_dirs
 from bbrctl.store.paths import RunDir
 from bbrctl.store.procs import proc_start_time
+
+
+MAX_JSON_BYTES = 64 << 20   # far above any file bbrctl writes; a bigger one is not ours
 
 
 class DamagedFile(UserError):
@@ -28,9 +31,11 @@ def load_checked(path: str | os.PathLike, check: Callable[[Any], Any]) -> Any:
     """The parsed, schema-checked content of ``path``; None if absent; DamagedFile else."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = safe.read_bytes(path, limit=MAX_JSON_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except safe.UnsafePath as e:
+        raise DamagedFile(str(e)) from None
     except OSError as e:
         raise DamagedFile(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
@@ -57,7 +62,7 @@ def read_job(run_dir: str | os.PathLike) -> dict | None:
 
 def read_config(run_dir: str | os.PathLike) -> dict:
     """The resolved config a run directory holds (config.yaml); one-line UserError otherwise."""
-    import yaml  # PyYAML; kept out of module import for start-up speed
+    from bbrctl.store.yamlcheck import BadYaml, load_file
 
     rd = RunDir(run_dir)
     if not rd.path.is_dir():
@@ -66,11 +71,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise UserError(f"{str(rd.config)!r} does not exist; prepare the run with `bbrctl sweep` or run "
                         "`bbrctl train OVERRIDES`")
     try:
-        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DamagedFile(f"{str(rd.config)!r} is not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    except OSError as e:
-        raise DamagedFile(f"{str(rd.config)!r} cannot be read ({e.strerror or e})") from None
+        cfg = load_file(rd.config)     # bounded: a run directory is anyone's to write in
+    except (BadYaml, safe.UnsafePath) as e:
+        raise DamagedFile(str(e)) from None
     if not isinstance(cfg, dict):
         raise DamagedFile(f"{str(rd.config)!r} does not hold a config mapping")
     return cfg
@@ -98,7 +101,7 @@ def write_eval(run_dir: str | os.PathLike, name: str, record: dict) -> Path:
     rec["metrics"] = schemas.json_safe_metrics(rec.get("metrics") or {})
     schemas.check_eval(rec)
     path = RunDir(run_dir).eval_file(name)
-    atomic_write_json(path, rec)
+    atomic_write_json(path, rec, levels=2)      # neither the run directory nor evals/ a link
     return path
 
 
@@ -128,10 +131,11 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg_container: dict, *, signatur
     """
     import yaml  # PyYAML; kept out of module import for start-up speed
 
-    from bbrctl.redact import redact, redact_overrides
+    from bbrctl.redact import public, public_overrides
 
-    # Secret-looking values (a token in launcher.setup) never reach the run directory.
-    cfg_container, overrides = redact(cfg_container), redact_overrides(overrides or [])
+    # launcher.setup lines never reach the run directory (a digest line stands for them),
+    # nor do secret-looking values elsewhere (bbrctl.redact).
+    cfg_container, overrides = public(cfg_container), public_overrides(overrides or [])
     rd = RunDir(run_dir)
     existing = read_job(rd.path)
     previous = list(previous_signatures or [])

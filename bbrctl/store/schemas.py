@@ -19,6 +19,7 @@ AP values are percentages (0-100), as in the paper's tables.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Callable
 
@@ -50,7 +51,9 @@ def _opt(d: dict, key: str, test: Callable[[Any], bool], what: str) -> None:
 
 
 def _short(v: Any, n: int = 60) -> str:
-    s = repr(v)
+    """``v`` quoted as JSON (ASCII, control characters escaped) for one-line messages: a
+    value from a file someone else wrote can neither break a log line nor pass as code."""
+    s = json.dumps(v, ensure_ascii=True, default=lambda o: f"<{type(o).__name__}>")
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
@@ -71,6 +74,9 @@ def check_results(r: Any) -> dict:
     _need(isinstance(r, dict), f"must hold a JSON object, got {_short(r)}")
     _need(r.get("status") in FINAL, f"'status' must be one of {', '.join(FINAL)}, got {_short(r.get('status'))}")
     check_metrics(r.get("metrics") if r.get("metrics") is not None else {})
+    # "done" is forever (never re-run): only with a metrics block holding an AP value.
+    _need(r["status"] != "done" or any(isinstance(b, dict) and _num(b.get("AP")) for b in (r.get("metrics") or {}).values()),
+          "'status' is done but 'metrics' holds no AP value")
     _opt(r, "iteration", _int, "an integer >= 0")
     _opt(r, "max_iter", lambda v: _int(v, 1), "an integer >= 1")
     _opt(r, "wall_time_s", lambda v: _num(v) and v >= 0, "a number of seconds >= 0")
@@ -87,6 +93,7 @@ def check_status(s: Any) -> dict:
     _opt(s, "iteration", _int, "an integer >= 0")
     _opt(s, "max_iter", lambda v: _int(v, 1), "an integer >= 1")
     _opt(s, "updated", _num, "a time stamp")
+    _opt(s, "pid_start", _num, "a process start time")
     _opt(s, "host", lambda v: isinstance(v, str), "a host name")
     return s
 
@@ -106,19 +113,40 @@ def check_job(j: Any) -> dict:
 
 def check_manifest(m: Any) -> dict:
     _need(isinstance(m, dict), f"must hold a JSON object, got {_short(m)}")
+    for key in ("created", "updated"):
+        _opt(m, key, _num, "a time stamp")
+    _opt(m, "name", lambda v: isinstance(v, str), "a string")
+    for key in ("overrides", "swept_keys"):
+        _opt(m, key, _strs, "a list of strings")
     jobs = m.get("jobs", {})
     _need(isinstance(jobs, dict), f"'jobs' must be a mapping of signature to job, got {_short(jobs)}")
     for sig, j in jobs.items():
-        _need(isinstance(j, dict) and isinstance(j.get("dir", ""), str) and "/" not in j.get("dir", ""),
+        _need(isinstance(j, dict) and isinstance(j.get("dir", ""), str) and "/" not in j.get("dir", "")
+              and j.get("dir") not in ("", ".", ".."),
               f"jobs.{sig} must be a mapping with a 'dir' name, got {_short(j)}")
         _need(j.get("index") is None or _int(j.get("index")), f"jobs.{sig}.index must be an integer >= 0")
+        _opt(j, "name", lambda v: isinstance(v, str), "a string")
+        _opt(j, "overrides", _strs, "a list of strings")
     launches = m.get("launches", [])
     _need(isinstance(launches, list) and all(isinstance(x, dict) for x in launches),
           f"'launches' must be a list of launch records, got {_short(launches)}")
     for x in launches:
-        _need(isinstance(x.get("jobs", []), list), f"a launch's 'jobs' must be a list, got {_short(x.get('jobs'))}")
+        _need(isinstance(x.get("jobs", []), list) and all(isinstance(s, str) for s in x.get("jobs", [])),
+              f"a launch's 'jobs' must be a list of signatures, got {_short(x.get('jobs'))}")
         _need(x.get("pid") is None or _int(x.get("pid"), 1, 1 << 22), f"a launch's 'pid' must be a process id, got {_short(x.get('pid'))}")
+        _opt(x, "id", _int, "an integer >= 0")
+        _opt(x, "time", _num, "a time stamp")
+        _opt(x, "pid_start", _num, "a process start time")
+        _opt(x, "host", lambda v: isinstance(v, str), "a host name")
+        _opt(x, "launcher", lambda v: v in ("local", "slurm"), "local or slurm")
+        _opt(x, "array_job_id", lambda v: isinstance(v, str) and v.isdigit() or _int(v), "a SLURM job id")
+        _opt(x, "tasks", lambda v: isinstance(v, dict) and all(_int(i) for i in v.values()),
+             "a mapping of signature to task index")
     return m
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
 def check_eval(e: Any) -> dict:

@@ -53,7 +53,15 @@ def expand(overrides: Sequence[str] = (), config_dirs: Sequence[str | os.PathLik
     Raises UserError (one line) for bad syntax, unknown keys or options, a value the
     schema refuses (in any job), an empty sweep, or an unsafe sweep name, before anything
     is created. ``runs_root`` (``--runs-root``) wins over the config's ``runs_root``.
+    No message quotes a launcher.setup override (bbrctl.config.compose.hiding_setup).
     """
+    from bbrctl.config.compose import hiding_setup
+
+    return hiding_setup(lambda ovs: _expand(ovs, config_dirs, name, runs_root), overrides)
+
+
+def _expand(overrides: Sequence[str], config_dirs: Sequence[str | os.PathLike], name: str | None,
+            runs_root: str | os.PathLike | None) -> SweepPlan:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import HydraException
 

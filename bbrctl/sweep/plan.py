@@ -66,7 +66,7 @@ class SweepPlan:
                     tasks = launch.get("tasks")
                     if isinstance(tasks, dict) and old in tasks:
                         tasks[j.signature] = tasks.pop(old)
-        nxt = 1 + max((int(v.get("index", -1)) for v in jobs.values()), default=-1)
+        nxt = 1 + max((v["index"] for v in jobs.values() if isinstance(v.get("index"), int)), default=-1)
         for j in self.jobs:
             old = jobs.get(j.signature) or {}
             index = old.get("index")
