@@ -67,6 +67,7 @@ class RowResult:
     seeds: list[Any] = field(default_factory=list)
     seed_values: dict[Any, float] | None = None  # the Δ metric by seed, when each finished seed is unique
     interval: Any = None                          # bbrctl.report.stats.Interval of the Δ
+    decision: dict | None = None                  # seeds until decided (bbrctl.report.decision)
 
     def note(self, cell: str, text: str) -> None:
         self.notes.setdefault(cell, []).append(text)
@@ -236,6 +237,10 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
             noise = {"study": study.id, "sigma": sigma[0], "df": sigma[1], "metric": defn.delta,
                      "description": study.describe(), "meta": dict(study.meta), "match": dict(study.match)}
     _deltas(rows, defn, noise)
+    from bbrctl.report.decision import apply_decisions
+
+    apply_decisions(rows, defn.delta, collection.root, {run.sweep for g in sel.chosen.values() for run in g.runs},
+                    table_notes)
     if not paper and any(r.paper_only for r in defn.rows):
         dropped = [" ".join(r.labels) for r in defn.rows if r.paper_only]
         reasons = sorted({r.paper_only for r in defn.rows if r.paper_only})
