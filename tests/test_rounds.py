@@ -165,3 +165,10 @@ def test_real_local_sweep_until_decided(tmp_path):
     rep = run_cli(["report", "--table", "1", "--runs-root", str(tmp_path), "--out", "-"], cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     assert "Seeds until decided (Focal-EIOU vs Baseline, sweep loss-seed)" in rep.stdout
+
+
+def test_dry_run_shows_the_first_round(tmp_path):
+    r = run_cli(["sweep", *BASE, "--runs-root", str(tmp_path), "--dry-run"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "6 job(s)" in r.stdout and "seed=2" in r.stdout and "seed=3" not in r.stdout
+    assert not any(tmp_path.iterdir())

@@ -146,3 +146,23 @@ def test_design_refuses_bad_settings(bad):
     kw = dict(alpha=0.05, min_seeds=3, max_seeds=8, boundary="pocock") | bad
     with pytest.raises(ValueError):
         S.design(**kw)
+
+
+def test_main_job_design_at_the_seed_study_effect(study):
+    """The main job's own settings (conf/experiment/table1_decide.yaml): its error rate and how
+    often it decides within its cap at the seed study's effect."""
+    from pathlib import Path
+
+    import yaml
+
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/experiment/table1_decide.yaml").read_text())
+    sw = preset["sweep"]
+    dsg = S.design(0.05, sw["min_seeds"], sw["max_seeds"], "pocock")
+    args = (study["sd_a"], study["sd_b"], study["corr"], EXPERIMENTS)
+    fpr = S.simulate(dsg, 0.0, *args, seed=16)["decided"]
+    sim = S.simulate(dsg, study["effect"], *args, seed=17)
+    by_first = float(np.mean(sim["decided_mask"] & (sim["stop_n"] == dsg.looks[0])))
+    print(f"\nmain job (looks {dsg.looks}): false-positive rate {fpr:.4f}; at effect {study['effect']:.2f}: "
+          f"decided {sim['decided']:.3f}, at the first look {by_first:.3f}")
+    assert fpr <= 0.05 + _bound(0.05, EXPERIMENTS)
+    assert sim["decided"] >= 0.8

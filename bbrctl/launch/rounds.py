@@ -81,15 +81,13 @@ def check_no_seed_override(overrides: Sequence[str], config_dirs: Sequence[str])
 
 def next_round(overrides: Sequence[str], config_dirs: Sequence[str] = (), *, name: str | None = None,
                runs_root=None) -> SweepPlan:
-    """The plan the next round would launch (for --dry-run): seeds 0 .. n-1 as the record says."""
+    """The plan the command would launch first (for --dry-run): seeds 0 .. n-1, n the seeds the
+    record says were started (the round in progress), else min_seeds; done runs show as skipped."""
     check_no_seed_override(overrides, config_dirs)
     plan = _round_plan(overrides, config_dirs, 2, name, runs_root)   # 2: the seed is swept, as in every round
     st = settings(plan)
     rec = read_decision(plan.sweep_dir) or {}
-    n = max(int(rec.get("seeds", 0)), st.min_seeds)
-    if rec.get("state") == "running" and rec.get("looks") and n < st.max_seeds and rec["looks"][-1] >= n - len(rec.get("missing", [])):
-        n = min(n + st.seeds_per_round, st.max_seeds)
-    return _round_plan(overrides, config_dirs, n, name, runs_root)
+    return _round_plan(overrides, config_dirs, max(int(rec.get("seeds", 0)), st.min_seeds), name, runs_root)
 
 
 def _round_plan(overrides: Sequence[str], config_dirs: Sequence[str], n: int, name: str | None,
