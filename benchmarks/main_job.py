@@ -1,33 +1,24 @@
-"""The main job's per-run seconds (README command 1) against a reference measured in the same run.
+"""The main job's wall time (README command 1), end to end, as a ratio to a reference workload.
 
-A run is one ``python -m bbrctl train LOSS`` process with the shipped defaults, timed from
-start to exit as a sweep job is (imports, dataset, model, 600 iterations, evaluation).
-The reference is the same command in another checkout of bbrctl, by default commit
-a7a0e65 (before issue 15), unpacked with ``git archive`` into a temporary directory and
-imported through PYTHONPATH by this interpreter, so both sides use the same torch and the
-same cached dataset.
+The main job is ``bbrctl sweep +experiment=table1_decide launcher.max_parallel=2 --wait``
+then ``bbrctl report --table 1 --paper``, run here with ``schedule.cpu_amp=off`` forced so
+that the figure says what a CPU without AMX gets (bf16 autocast off), into an empty runs
+root and an empty dataset directory (the dataset is generated on first use, as on a fresh
+clone). With ``--fresh-clone`` the committed HEAD is cloned into a temporary directory and
+installed into a new virtual environment first (``python3 -m venv`` + ``pip install -e .``),
+and that install is timed too: the whole README command 1.
 
-Two comparisons, each as units in ABBA order (reference, current, current, reference,
-...) so that load on a shared machine hits both sides alike; a unit's per-run seconds
-are its wall time over its runs, and the speed-up is the median over pairs of units:
+The reference is a fixed workload measured in the same run, once before and once after the
+main job (the mean is the unit; both are printed): torchvision's ResNet-18 (10 classes),
+forward and backward, batch 8 at 160 px, 40 SGD iterations after 5 warm-up, at torch's
+default thread count, in its own process. Seconds on a shared machine mean little; the
+ratio says how the main job compares with what this CPU does in the same conditions. The
+load average (1 min) is sampled every 10 s and printed. Target: <= 40x the reference,
+decided (the decision line the report printed is shown).
 
-* ``main`` (default): the main job as README command 1 runs it. Reference: its runs
-  one after another with torch's default threads (README command 1 of a7a0e65: the
-  local launcher ran one CPU job at a time). Current: ``--parallel`` runs at once
-  (README command 1 passes launcher.max_parallel=2), one thread each
-  (schedule.cpu_threads=1).
-* ``threads1``: one run at a time on both sides, one thread each (OMP_NUM_THREADS=1):
-  what the model, precision, memory-format and data changes buy without parallelism.
-
-The load average is printed with every unit: on a busy machine every figure is slower,
-and multi-threaded runs much slower than single-threaded ones (their threads wait for
-each other's cores); the ratio is what the script claims. Target (main): >= 2x.
-
-    python benchmarks/main_job.py                              # main, 1 pair: ~5 min on an idle 2-core CPU
-    python benchmarks/main_job.py --mode threads1 --pairs 2
-    python benchmarks/main_job.py --ref-threads 1                # main, the reference at 1 thread (busy machine)
-    python benchmarks/main_job.py --mode both --pairs 2 --json out.json
-    python benchmarks/main_job.py --set schedule.cpu_amp=off   # an override for the current side only
+    python benchmarks/main_job.py                  # ~12-20 min on an idle 2-core CPU
+    python benchmarks/main_job.py --fresh-clone    # plus the install
+    python benchmarks/main_job.py --json out.json
 """
 
 from __future__ import annotations
@@ -39,143 +30,124 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET = 40.0
+MAIN_JOB = ["sweep", "+experiment=table1_decide", "launcher.max_parallel=2", "schedule.cpu_amp=off", "--wait"]
+REPORT = ["report", "--table", "1", "--paper", "--out", "-"]
+
+REFERENCE = r"""
+import time, torch, torchvision
+torch.manual_seed(0)
+m = torchvision.models.resnet18(num_classes=10)
+opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+x, y = torch.randn(8, 3, 160, 160), torch.randint(0, 10, (8,))
+def step():
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+for _ in range(5):
+    step()
+t = time.perf_counter()
+for _ in range(40):
+    step()
+print(time.perf_counter() - t, torch.get_num_threads())
+"""
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("main", "threads1", "both"), default="main")
-    p.add_argument("--ref", default="a7a0e65", help="git commit of the reference (default: a7a0e65)")
-    p.add_argument("--ref-dir", default=None, help="a checkout to use as the reference instead of --ref")
-    p.add_argument("--pairs", type=int, default=1, help="reference/current unit pairs per mode (default 1)")
-    p.add_argument("--parallel", type=int, default=2,
-                   help="runs per unit; the current side of 'main' runs them at once (default 2)")
-    p.add_argument("--losses", nargs="+", default=["focal_eiou", "baseline"],
-                   help="losses of a unit's runs, cycled (default focal_eiou baseline)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   help="an extra override for the current side (repeatable)")
-    p.add_argument("--ref-set", dest="ref_overrides", action="append", default=[],
-                   help="an extra override for the reference side (repeatable)")
-    p.add_argument("--ref-threads", type=int, default=None,
-                   help="main: OMP_NUM_THREADS for the reference only (default: torch's, as a7a0e65's README ran it; "
-                        "1 is kinder to it on a busy machine, where its 2-thread runs wait for each other's cores)")
-    p.add_argument("--data-dir", default=None, help="dataset cache (default: $BBRCTL_DATA_DIR or a temporary one)")
-    p.add_argument("--json", default=None, help="also write the measurements here")
-    return p.parse_args()
-
-
-def load() -> str:
+def load1() -> float:
     try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError):
+        return float("nan")
 
 
-def extract(commit: str, into: Path) -> Path:
-    """``git archive`` of ``commit`` unpacked into ``into`` (nothing registered in the repo)."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=False)
-    if archive.returncode != 0:
-        sys.exit(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
+class LoadSampler(threading.Thread):
+    def __init__(self, every: float = 10.0):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.stop = every, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append(load1())
+            self.stop.wait(self.every)
+
+    def summary(self) -> dict:
+        s = self.samples or [float("nan")]
+        return {"min": min(s), "median": statistics.median(s), "max": max(s), "n": len(s)}
 
 
-def unit(side: str, src: Path, losses: list[str], overrides: list[str], work: Path, env: dict,
-         concurrent: bool) -> dict:
-    """Run ``losses`` (one process each), at once or one after another; time the whole."""
-    env = dict(env, PYTHONPATH=str(src))
-    roots, procs, outs = [], [], []
-    before = load()
+def reference(python: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    before = load1()
+    out = subprocess.run([python, "-c", REFERENCE], capture_output=True, text=True, env=env, check=True)
+    secs, threads = out.stdout.split()
+    return {"seconds": float(secs), "threads": int(threads), "load_before": before}
+
+
+def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return time.perf_counter() - t0, proc
 
-    def start(loss):
-        root = work / f"runs-{side}-{time.monotonic_ns()}"
-        roots.append(root)
-        cmd = [sys.executable, "-m", "bbrctl", "train", f"loss={loss}", f"runs_root={root}", *overrides]
-        return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    if concurrent:
-        procs = [start(loss) for loss in losses]
-        outs = [p.communicate() for p in procs]
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fresh-clone", action="store_true", help="clone HEAD and pip install it first (timed)")
+    p.add_argument("--json", default=None, help="also write the measurements here")
+    p.add_argument("--keep", default=None, help="keep the work directory here instead of a temporary one")
+    args = p.parse_args()
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bbrctl-main-job-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sampler = LoadSampler()
+    sampler.start()
+    rec: dict = {"machine": os.uname().machine, "cpus": os.cpu_count(), "work": str(work)}
+    rec["reference_before"] = reference(sys.executable)
+    print(f"reference (before): {rec['reference_before']['seconds']:.1f} s at {rec['reference_before']['threads']} "
+          f"threads, load {rec['reference_before']['load_before']:.2f}", flush=True)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BBRCTL_")}
+    env.update(BBRCTL_DATA_DIR=str(work / "data"), BBRCTL_RUNS_ROOT=str(work / "runs"))
+    install_s = 0.0
+    if args.fresh_clone:
+        clone = work / "clone"
+        t0 = time.perf_counter()
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(clone / ".venv")], check=True)
+        subprocess.run([str(clone / ".venv" / "bin" / "pip"), "install", "-q", "-e", str(clone)], check=True)
+        install_s = time.perf_counter() - t0
+        bbrctl, cwd = [str(clone / ".venv" / "bin" / "bbrctl")], clone
+        print(f"install: {install_s:.0f} s", flush=True)
     else:
-        for loss in losses:
-            procs.append(start(loss))
-            outs.append(procs[-1].communicate())
-    seconds = time.perf_counter() - t0
-    after = load()
-    runs = []
-    for loss, proc, (_, err), root in zip(losses, procs, outs, roots):
-        if proc.returncode != 0:
-            sys.exit(f"{side} run of {loss} failed (exit {proc.returncode}):\n{err[-2000:]}")
-        res = json.loads(next(root.glob("train/*/results.json")).read_text())
-        t = res.get("timing") or {}
-        runs.append({"loss": loss, "AP": res["metrics"]["bbox"]["AP"], "AP50": res["metrics"]["bbox"]["AP50"],
-                     "wall_time_s": res.get("wall_time_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
-                     "threads": t.get("threads"), "cpu_amp": t.get("cpu_amp")})
-    return {"side": side, "seconds": seconds, "per_run_s": seconds / len(losses), "concurrent": concurrent,
-            "runs": runs, "load_before": before, "load_after": after}
-
-
-def compare(mode: str, a: argparse.Namespace, sides: dict, work: Path, env: dict) -> dict:
-    losses = [a.losses[i % len(a.losses)] for i in range(a.parallel)]
-    env = dict(env)
-    if mode == "threads1":
-        env["OMP_NUM_THREADS"] = "1"
-    units = []
-    for p in range(a.pairs):
-        for side in (("reference", "current") if p % 2 == 0 else ("current", "reference")):
-            src, ov = sides[side]
-            concurrent = mode == "main" and side == "current"
-            if mode == "threads1" and side == "current":
-                ov = [*ov, "schedule.cpu_threads=1"]
-            side_env = dict(env)
-            if mode == "main" and side == "reference" and a.ref_threads:
-                side_env["OMP_NUM_THREADS"] = str(a.ref_threads)
-            u = unit(side, src, losses, ov, work, side_env, concurrent)
-            u["pair"] = p
-            units.append(u)
-            detail = ", ".join(f"{r['loss']} AP {r['AP']:.1f} AP50 {r['AP50']:.1f} ({r['threads']} thr, "
-                               f"{r['cpu_amp']})" for r in u["runs"])
-            print(f"[{mode}] pair {p} {side:9s} {len(u['runs'])} runs {'at once' if concurrent else 'in turn'}: "
-                  f"{u['seconds']:6.1f} s = {u['per_run_s']:5.1f} s/run  [{detail}]  load {u['load_before']} -> "
-                  f"{u['load_after']}", flush=True)
-    ratios = []
-    for p in range(a.pairs):
-        per = {u["side"]: u["per_run_s"] for u in units if u["pair"] == p}
-        ratios.append(per["reference"] / per["current"])
-    ref_s = statistics.median(u["per_run_s"] for u in units if u["side"] == "reference")
-    cur_s = statistics.median(u["per_run_s"] for u in units if u["side"] == "current")
-    ratio = statistics.median(ratios)
-    target = " target >= 2x " + ("met" if ratio >= 2 else "NOT met") if mode == "main" else ""
-    print(f"[{mode}] per-run seconds: reference {ref_s:.1f}, current {cur_s:.1f}; speed-up {ratio:.2f}x "
-          f"(median of {len(ratios)} pair(s): {', '.join(f'{r:.2f}' for r in ratios)});{target}", flush=True)
-    return {"mode": mode, "units": units, "ratios": ratios, "speedup": ratio, "reference_s": ref_s, "current_s": cur_s}
-
-
-def main() -> None:
-    a = parse()
-    env = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix="bbrctl-main-job-") as tmp:
-        work = Path(tmp)
-        env["BBRCTL_DATA_DIR"] = a.data_dir or env.get("BBRCTL_DATA_DIR") or str(work / "data")
-        ref = Path(a.ref_dir).resolve() if a.ref_dir else extract(a.ref, work / "ref")
-        sides = {"reference": (ref, list(a.ref_overrides)), "current": (REPO, list(a.overrides))}
-        # The dataset once, outside the timings (both sides read the same files).
-        subprocess.run([sys.executable, "-m", "bbrctl", "data", "synth"], cwd=work,
-                       env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, check=True)
-        print(f"main job per run: `bbrctl train` with the shipped defaults; reference {a.ref_dir or a.ref}, "
-              f"current {REPO}; {os.cpu_count()} CPUs, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset)')}; "
-              f"load average {load()}", flush=True)
-        modes = ["main", "threads1"] if a.mode == "both" else [a.mode]
-        results = [compare(m, a, sides, work, env) for m in modes]
-    if a.json:
-        Path(a.json).write_text(json.dumps({"results": results, "reference": a.ref_dir or a.ref,
-                                            "cpus": os.cpu_count(), "parallel": a.parallel}, indent=2) + "\n")
+        bbrctl, cwd = [sys.executable, "-m", "bbrctl"], work
+    sweep_s, sweep = timed([*bbrctl, *MAIN_JOB], cwd, env)
+    report_s, report = timed([*bbrctl, *REPORT], cwd, env)
+    rec["reference_after"] = reference(sys.executable)
+    sampler.stop.set()
+    ref = statistics.mean([rec["reference_before"]["seconds"], rec["reference_after"]["seconds"]])
+    total = install_s + sweep_s + report_s
+    decision = next((ln for ln in report.stdout.splitlines() if ln.startswith("Seeds until decided")), None)
+    rec.update(install_s=install_s, sweep_s=sweep_s, report_s=report_s, total_s=total, reference_s=ref,
+               ratio=total / ref, target=TARGET, load=sampler.summary(), decision=decision,
+               sweep_rc=sweep.returncode, sweep_stdout=sweep.stdout[-2000:], sweep_stderr_tail=sweep.stderr[-3000:],
+               report=report.stdout)
+    print(sweep.stdout.strip())
+    print(report.stdout)
+    if sweep.returncode != 0:
+        print(sweep.stderr[-3000:], file=sys.stderr)
+    print(f"reference (after): {rec['reference_after']['seconds']:.1f} s")
+    print(f"main job: install {install_s:.0f} s + sweep {sweep_s:.0f} s + report {report_s:.1f} s = {total:.0f} s; "
+          f"reference {ref:.1f} s -> {total / ref:.1f}x (target <= {TARGET:g}x); load average (1 min) "
+          f"min {rec['load']['min']:.2f} median {rec['load']['median']:.2f} max {rec['load']['max']:.2f}")
+    print(f"decision: {decision}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rec, indent=2, default=str) + "\n")
+    return 0 if sweep.returncode == 0 and report.returncode == 0 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

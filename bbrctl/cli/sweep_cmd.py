@@ -29,6 +29,8 @@ def sweep_command(
     The paper's ablations are presets: +experiment=table1|table2|table3|fig9a|fig9b|fig9c.
 
     Done jobs are skipped, failed ones relaunched, queued or running ones left alone. launcher=local (default) or launcher=slurm.
+
+    Seeds until decided: sweep.seeds=auto sweep.compare=A:B [sweep.max_seeds=8] --wait runs seeds in rounds until a group-sequential paired t-test decides A against B (docs/sequential.md).
     """
     from bbrctl.errors import UserError
 
@@ -58,6 +60,23 @@ def sweep_command(
     if show_script and wait:
         raise UserError("--show-script only shows what would be submitted; it does not go with --wait")
     plan = expand(as_list(overrides), as_list(config_dir), name=name, runs_root=runs_root)
+    from bbrctl.launch import rounds
+
+    if rounds.is_auto(plan):
+        if dry_run or show_script:
+            plan = rounds.next_round(as_list(overrides), as_list(config_dir), name=name, runs_root=runs_root)
+        elif not wait:
+            raise UserError("sweep.seeds=auto decides between rounds of seeds, so it runs until decided in this "
+                            "terminal: add --wait")
+        else:
+            res = rounds.run_until_decided(as_list(overrides), as_list(config_dir), name=name, runs_root=runs_root,
+                                           progress=not as_json)
+            if as_json:
+                typer.echo(json.dumps({**res.plan.summary(), "decision": res.record,
+                                       "outcome": res.outcome.as_dict()}, indent=2, default=str))
+            else:
+                typer.echo(rounds.summary(res))
+            return
     if show_script:
         result = L.LaunchResult(plan, L.decide(plan))
         sub = L.show_script(plan, result.decisions)     # checks the launcher first

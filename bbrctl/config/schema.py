@@ -78,6 +78,16 @@ SWEEP: Keys = {
                               what="1-100 letters, digits and . _ = - (starting with a letter or digit)")),
     "params": Mapping_(),
     "tune": optional(Mapping_()),          # a `bbrctl tune` preset's search space and budget (bbrctl.tune)
+    # Seeds until decided (bbrctl.launch.rounds, bbrctl.report.sequential); defaults in conf/config.yaml.
+    "seeds": optional(Nullable(inner=Choice(values=("auto",)))),
+    "compare": optional(Nullable(inner=Str(pattern=r"[^:\s]+:[^:\s]+", what="A:B, two values of a swept key "
+                                                                       "(row A against baseline row B)"))),
+    "metric": optional(Choice(values=("AP", "AP50", "AP75", "APs", "APm", "APl"))),
+    "min_seeds": optional(Int(lo=2, hi=64)),
+    "max_seeds": optional(Int(lo=2, hi=64)),
+    "seeds_per_round": optional(Int(lo=1, hi=64)),
+    "alpha": optional(Float(lo=0.0, hi=0.5, lo_open=True, hi_open=True)),
+    "boundary": optional(Choice(values=("pocock", "obrien_fleming"))),
 }
 
 LOSS: Keys = {
@@ -350,7 +360,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         except Invalid:
             raise _bad(k, cfg[k], f) from None
     check_group(cfg["wandb"], WANDB, "wandb")
-    check_group(cfg["sweep"], SWEEP, "sweep")
+    _check_sweep(cfg["sweep"])
     _check_loss(cfg)
     _check_data(cfg["data"])        # before the model: model sizes default to data.image_size
     check_group(cfg["backbone"], BACKBONE, "backbone")
@@ -494,6 +504,16 @@ def _check_data(d: Any) -> None:
         _need(sum(d["size_mix"]) > 0, f"data.size_mix must not be all zero, got {d['size_mix']}")
     else:
         check_group(d, DATA_COCO, "data", "data (COCO-format)")
+
+
+def _check_sweep(s: Any) -> None:
+    check_group(s, SWEEP, "sweep")
+    if s.get("seeds") != "auto":
+        return
+    _need(bool(s.get("compare")), "sweep.seeds=auto needs sweep.compare=A:B (e.g. focal_eiou:baseline): "
+                                  "the comparison that decides when to stop")
+    lo, hi = s.get("min_seeds", 3), s.get("max_seeds", 8)
+    _need(lo <= hi, f"sweep.min_seeds={lo} must be <= sweep.max_seeds={hi}")
 
 
 def _check_schedule(s: Any) -> None:

@@ -128,6 +128,12 @@ SIGNIFICANT, WITHIN_NOISE = "*", "~"
 
 
 def _delta_text(r: RowResult, precision: int) -> str:
+    lk = r.decision["outcome"].last if r.decision else None
+    if lk is not None:
+        # The sequential rule's repeated interval at its last look; * = decided.
+        text = (f"{_num(lk.mean, precision, signed=True)} [{_num(lk.low, precision, signed=True)}, "
+                f"{_num(lk.high, precision, signed=True)}]")
+        return text + (SIGNIFICANT if lk.decided else "")
     return _diff_text(r.delta[0], r.interval, precision)
 
 
@@ -153,7 +159,8 @@ def _delta_legend(tr: TableResult, precision: int) -> list[str]:
     welch = [r for r in ours if r.interval is not None and r.interval.test == "welch"]
     noisy = [r for r in ours if r.interval is not None and r.interval.test == "noise"]
     single = [r for r in ours if r.interval is None]
-    out = []
+    out = [decision_line(r, d.delta, precision) for r in ours if r.decision]
+    paired = [r for r in paired if not (r.decision and r.decision["outcome"].last)]
     if paired or welch:
         how = []
         if paired:
@@ -177,6 +184,33 @@ def _delta_legend(tr: TableResult, precision: int) -> list[str]:
                        f"(bbrctl/data/seed_study.yaml), so these Δs cannot be told from seed noise; "
                        f"run seeds (e.g. seed=0,1,2) for intervals.")
     return out
+
+
+def decision_line(r: RowResult, metric: str, precision: int) -> str:
+    """How the sequential rule decided row r against its baseline (bbrctl.report.decision)."""
+    out, rec = r.decision["outcome"], r.decision["record"]
+    st = rec["settings"]
+    pair = f"{' '.join(r.labels)} vs {' '.join(r.decision['base_labels'])}"
+    lk = out.last
+    level = f"{100 * (1 - st['alpha']):g}%"
+    if lk is not None:
+        iv = (f"Δ {metric} {_num(lk.mean, precision, signed=True)}, {level} repeated interval "
+              f"[{_num(lk.low, precision, signed=True)}, {_num(lk.high, precision, signed=True)}] "
+              f"(|t| = {abs(lk.t):.2f}, boundary {lk.t_crit:.2f})")
+    else:
+        iv = f"no look yet (the first is at {st['min_seeds']} seeds)"
+    if out.state == "decided":
+        better = " ".join(r.labels) if lk.mean > 0 else " ".join(r.decision["base_labels"])
+        head = f"decided at {lk.n} seeds: {better} is better; {iv}"
+    elif out.state == "undecided":
+        head = (f"undecided after {rec['seeds']} seeds (the cap, sweep.max_seeds): not told from seed noise; "
+                f"{iv}")
+    else:
+        head = f"running, {rec['seeds']} seeds started, not decided yet; {iv}"
+    missing = (f" Seeds {', '.join(map(str, rec['missing']))} failed twice and count as missing in both rows."
+               if rec.get("missing") else "")
+    return (f"Seeds until decided ({pair}, sweep {r.decision['sweep']}): {head}. Rule: {out.design.describe()} "
+            f"(docs/sequential.md); {SIGNIFICANT} decided.{missing}")
 
 
 def _one_one(nz: dict) -> float:
@@ -300,7 +334,11 @@ def to_dict(tr: TableResult) -> dict:
                         for c, st in ((c, r.stats.get(c)) for c in d.columns)},
             "baseline": r.baseline,
             "delta": ({"metric": d.delta, "value": r.delta[0], "se": r.delta[1],
-                       **({"interval": r.interval.as_dict()} if r.interval is not None else {"interval": None})}
+                       **({"interval": r.interval.as_dict()} if r.interval is not None else {"interval": None}),
+                       **({"sequential": {**r.decision["outcome"].as_dict(), "sweep": r.decision["sweep"],
+                                          "seeds": r.decision["record"]["seeds"],
+                                          "missing": r.decision["record"].get("missing", [])}}
+                          if r.decision else {})}
                       if r.delta else None),
             "compared": {o: {"metric": d.delta, "value": v, "se": se,
                              "interval": iv.as_dict() if iv is not None else None}

@@ -70,6 +70,7 @@ class RowResult:
     envs: list[dict] = field(default_factory=list)  # the distinct environments its finished runs recorded
     # Against each of the table's ``compare`` rows: row id -> (difference, se or None, Interval or None).
     compared: dict[str, tuple[float, float | None, Any]] = field(default_factory=dict)
+    decision: dict | None = None                  # seeds until decided (bbrctl.report.decision)
 
     def note(self, cell: str, text: str) -> None:
         self.notes.setdefault(cell, []).append(text)
@@ -249,6 +250,10 @@ def build_table(defn: TableDef, collection: Collection, *, where: dict[str, Any]
             noise = {"study": study.id, "sigma": sigma[0], "df": sigma[1], "metric": defn.delta,
                      "description": study.describe(), "meta": dict(study.meta), "match": dict(study.match)}
     _deltas(rows, defn, noise)
+    from bbrctl.report.decision import apply_decisions
+
+    apply_decisions(rows, defn.delta, collection.root, {run.sweep for g in sel.chosen.values() for run in g.runs},
+                    table_notes)
     if not paper and any(r.paper_only for r in defn.rows):
         dropped = [" ".join(r.labels) for r in defn.rows if r.paper_only]
         reasons = sorted({r.paper_only for r in defn.rows if r.paper_only})

@@ -12,6 +12,7 @@ Modules (each imports only the standard library and the ones above it in this li
     locks.py       flock-based locks that name their holder
     rundir.py      prepare_run_dir, write_status, write_results, write_eval, schema-checked readers
     manifest.py    a sweep's sweep.json
+    decision.py    a seeds-until-decided sweep's decision.json
     discovery.py   finding sweeps and runs under a runs root
     root.py        the runs root shared by every command (--runs-root, BBRCTL_RUNS_ROOT)
 

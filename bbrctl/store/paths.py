@@ -5,6 +5,7 @@
     <runs_root>/
       <sweep>/                       SweepDir
         sweep.json                   the manifest (bbrctl.store.manifest)
+        decision.json                seeds until decided: rule, seeds, looks (bbrctl.store.decision)
         .sweep.lock                  held while a `bbrctl sweep` launches it
         sweep.log                    the local supervisor's log
         launches/local-<k>.json      a background supervisor's plan
@@ -44,6 +45,7 @@ TRAIN_LOCK = ".train.lock"
 STOP_REQUEST = "stop.request"
 
 MANIFEST = "sweep.json"
+DECISION = "decision.json"
 SWEEP_LOCK = ".sweep.lock"
 SWEEP_LOG = "sweep.log"
 TRAIN_SWEEP = "train"           # the folder of single `bbrctl train` runs
@@ -121,6 +123,10 @@ class SweepDir(_Dir):
     @property
     def manifest(self) -> Path:
         return self.path / MANIFEST
+
+    @property
+    def decision(self) -> Path:
+        return self.path / DECISION
 
     @property
     def lock(self) -> Path:
