@@ -233,6 +233,9 @@ def train_from_overrides(overrides: Sequence[str] = (), config_dirs: Iterable[st
 
     cfg = to_container(compose(list(overrides), config_dirs))
     preflight.check_files(cfg)
+    from bbrctl.detection.engine import check_device
+
+    check_device(device)  # before the run directory exists
     root = resolve_runs_root(runs_root, cfg.get("runs_root"))
     cfg["runs_root"] = str(root)
     sig = signature(cfg)

@@ -269,3 +269,13 @@ def test_backbone_lr_factor_builds_two_param_groups(optimizer):
     loss = model.head(model.backbone.body(torch.ones(1, 2))).sum()
     loss.backward()
     opt.step()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:3", "--device 'cuda:3' is not valid; valid: auto, cpu, cuda"),
+    ("tpu", "--device 'tpu' is not valid; valid: auto, cpu, cuda"),
+])
+def test_a_bad_device_creates_no_run_directory(tmp_path, capsys, device, message):
+    code, _, err = cli(capsys, "train", *TINY, f"runs_root={tmp_path / 'runs'}", "--device", device)
+    assert code == 2 and err.strip() == f"bbrctl: error: {message}"
+    assert not (tmp_path / "runs").exists()

@@ -73,6 +73,19 @@ class Dist:
         return self.world_size > 1
 
 
+def check_device(device: str | None) -> str:
+    """The asked-for device ("auto", "cpu" or "cuda"), or a one-line UserError: called before
+    a run directory is made, so a bad --device creates nothing."""
+    from bbrctl.errors import UserError
+
+    want = str(device or "auto").lower()
+    if want not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device!r} is not valid; valid: auto, cpu, cuda")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    return want
+
+
 def setup_distributed(device: str | None = None) -> Dist:
     """Read torchrun's environment; initialise the process group when WORLD_SIZE > 1.
 
@@ -82,15 +95,7 @@ def setup_distributed(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = (device or "auto").lower()
-    if want not in ("auto", "cpu", "cuda"):
-        from bbrctl.errors import UserError
-
-        raise UserError(f"--device {device!r} is not valid; valid: auto, cpu, cuda")
-    if want == "cuda" and not torch.cuda.is_available():
-        from bbrctl.errors import UserError
-
-        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    want = check_device(device)
     use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local)
