@@ -199,6 +199,32 @@ def test_train_and_val_categories_that_differ_are_refused_before_the_run_dir(tmp
         assert not runs.exists()
 
 
+@pytest.mark.parametrize("train_cats, val_cats, message", [
+    ([{"id": 1, "name": "a"}], [{"id": 1, "name": "b"}],
+     'name category 1 differently ("a" in train, "b" in val)'),
+    ([{"id": 1}], [{"id": 1, "name": "a"}], "categories[0].name must be a string, got null"),
+    ([{"name": "a"}], [{"id": 1, "name": "a"}], "categories[0].id must be an integer >= 1, got null"),
+    (["person"], [{"id": 1, "name": "a"}], "categories[0] must be an object with 'id' and 'name'"),
+    ([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}], [{"id": 1, "name": "a"}], "category id 1 is listed twice"),
+    ([{"id": 1.5, "name": "a"}], [{"id": 1, "name": "a"}], "categories[0].id must be an integer >= 1, got 1.5"),
+])
+def test_malformed_or_renamed_categories_are_one_line_before_the_run_dir(tmp_path, monkeypatch, capsys, train_cats,
+                                                                         val_cats, message):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "coco"
+    for split, cats in (("train", train_cats), ("val", val_cats)):
+        (data / f"{split}2017").mkdir(parents=True)
+        (data / "annotations").mkdir(exist_ok=True)
+        (data / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": [], "annotations": [], "categories": cats}))
+    runs = tmp_path / "runs"
+    code, err = _run(["train", "data=coco", f"data.root={data}", f"--runs-root={runs}"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not runs.exists()
+
+
 def test_missing_weights_and_data_are_refused_for_local_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, err = _run(["sweep", "model.weights_backbone=/nope/r50.pth", "model.norm=frozen_bn", "--dry-run"], capsys)

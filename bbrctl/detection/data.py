@@ -501,14 +501,45 @@ def read_categories(ann_file: str | os.PathLike) -> list[dict]:
     return load_coco_json(path)["categories"]
 
 
+def category_names(ann_file: str | os.PathLike) -> dict[int, str]:
+    """{id: name} of a COCO file's categories; one-line UserError for a malformed list
+    (an entry that is not an object, an id that is not a positive integer, a name that is
+    not a string, an id given twice)."""
+    cats = read_categories(ann_file)
+    if not isinstance(cats, list):
+        raise UserError(f"annotation file {str(ann_file)!r}: 'categories' must be a list of objects")
+    out: dict[int, str] = {}
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict):
+            raise UserError(f"annotation file {str(ann_file)!r}: categories[{i}] must be an object with 'id' "
+                            f"and 'name', got {json.dumps(c, default=str)[:60]}")
+        cid, name = c.get("id"), c.get("name")
+        if not _is_int(cid) or cid < 1:
+            raise UserError(f"annotation file {str(ann_file)!r}: categories[{i}].id must be an integer >= 1, "
+                            f"got {json.dumps(cid, default=str)[:40]}")
+        if not isinstance(name, str):
+            raise UserError(f"annotation file {str(ann_file)!r}: categories[{i}].name must be a string, "
+                            f"got {json.dumps(name, default=str)[:40]}")
+        if cid in out:
+            raise UserError(f"annotation file {str(ann_file)!r}: category id {cid} is listed twice")
+        out[int(cid)] = name
+    return out
+
+
 def check_same_category_files(train_ann: str | os.PathLike, val_ann: str | os.PathLike) -> None:
-    """check_same_categories on the annotation files alone (cheap: see read_categories)."""
-    t = sorted({c["id"] for c in read_categories(train_ann) if isinstance(c, dict)})
-    v = sorted({c["id"] for c in read_categories(val_ann) if isinstance(c, dict)})
+    """Train and val list the same categories, ids and names (cheap: see read_categories)."""
+    tn, vn = category_names(train_ann), category_names(val_ann)
+    t, v = sorted(tn), sorted(vn)
     if t != v:
         only_t, only_v = sorted(set(t) - set(v)), sorted(set(v) - set(t))
         raise UserError(f"{train_ann} and {val_ann} list different categories "
                         f"(only in train: {_ids(only_t) or 'none'}; only in val: {_ids(only_v) or 'none'}); "
+                        "train and val must share one category list")
+    renamed = [i for i in t if tn[i] != vn[i]]
+    if renamed:
+        i = renamed[0]
+        raise UserError(f"{train_ann} and {val_ann} name category {i} differently ({json.dumps(tn[i])} in train, "
+                        f"{json.dumps(vn[i])} in val{f'; {len(renamed) - 1} more' if len(renamed) > 1 else ''}); "
                         "train and val must share one category list")
 
 
