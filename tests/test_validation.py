@@ -39,6 +39,12 @@ BAD = [
     (["~loss"], "the config has no 'loss' group: choose one with loss=<option>; valid loss options: alpha_iou, balanced_l1, baseline"),
     # model
     (["model=nope"], "unknown model option 'nope'"),
+    (["+model.kwargs.num_classes=3"], "model.kwargs.num_classes is an argument bbrctl already passes to retinanet: "
+                                      "bbrctl builds it from the config"),
+    (["+model.kwargs.score_thresh=0.1"], "model.kwargs.score_thresh is an argument bbrctl already passes to "
+                                         "retinanet: set model.score_thresh instead"),
+    (["model=faster_rcnn", "+model.kwargs.box_nms_thresh=0.3"], "set model.nms_thresh instead"),
+    (["model=atss", "+model.kwargs.x=1"], "model.kwargs is not used by model=atss"),
     (["model.norm=layer"], "model.norm='layer' is not valid: must be one of group, batch, frozen_bn"),
     (["model.min_size=8"], "model.min_size=8 is not valid: must be an integer in [16, 8192]"),
     (["model.returned_layers=[3,2]"], "model.returned_layers=[3, 2] is not valid"),

@@ -436,6 +436,39 @@ def check_model(cfg: Mapping[str, Any]) -> None:
     _check_model(cfg)
 
 
+# The constructor arguments bbrctl passes to torchvision's detectors itself (bbrctl.detection.models);
+# model.kwargs adds others, and one of these given twice would fail the job at build time.
+_BUILT_ARGS = ("backbone", "num_classes", "min_size", "max_size", "anchor_generator", "head", "score_thresh",
+               "nms_thresh", "detections_per_img", "topk_candidates")
+MANAGED_KWARGS = {
+    "retinanet": (*_BUILT_ARGS, "fg_iou_thresh", "bg_iou_thresh"),
+    "fcos": (*_BUILT_ARGS, "center_sampling_radius"),
+    "faster_rcnn": ("backbone", "num_classes", "min_size", "max_size", "rpn_anchor_generator", "rpn_head",
+                    "box_roi_pool", "box_head", "box_predictor", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                    "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
+                    "box_batch_size_per_image", "box_score_thresh", "box_nms_thresh", "box_detections_per_img"),
+}
+MANAGED_KWARGS["mask_rcnn"] = (*MANAGED_KWARGS["faster_rcnn"], "mask_roi_pool", "mask_head", "mask_predictor")
+
+
+def _check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """model.kwargs may add torchvision constructor arguments, never repeat one bbrctl sets."""
+    if not isinstance(kwargs, Mapping):
+        return
+    managed = MANAGED_KWARGS.get(name)
+    if managed is None:
+        _need(not kwargs, f"model.kwargs is not used by model={name} (bbrctl assembles it); "
+                          f"remove {', '.join('model.kwargs.' + str(k) for k in kwargs)}")
+        return
+    for k in kwargs:
+        if k in managed:
+            own = {"score_thresh": "score_thresh", "nms_thresh": "nms_thresh", "detections_per_img":
+                   "detections_per_img", "box_score_thresh": "score_thresh", "box_nms_thresh": "nms_thresh",
+                   "box_detections_per_img": "detections_per_img"}.get(str(k), str(k))
+            hint = f"set model.{own} instead" if own in MODEL[name] else "bbrctl builds it from the config"
+            raise UserError(f"model.kwargs.{k} is an argument bbrctl already passes to {name}: {hint}")
+
+
 def _check_model(cfg: Mapping[str, Any]) -> None:
     m = cfg.get("model")
     _need(isinstance(m, dict), f"model must be a group of keys, got {_show(m)}")
@@ -443,6 +476,7 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     if name not in MODEL:
         raise UserError(f"model.name={_show(name)} is not a detector; valid: {', '.join(MODEL)}")
     check_group(m, MODEL[name], "model", f"model ({name})")
+    _check_model_kwargs(name, m.get("kwargs") or {})
     if m.get("weights_backbone") and m.get("norm", "group") == "group":
         raise UserError("model.weights_backbone holds BatchNorm statistics; use model.norm=frozen_bn or batch with it")
     _need(m["min_size"] <= m["max_size"], f"model.min_size={m['min_size']} must be <= model.max_size={m['max_size']}")
