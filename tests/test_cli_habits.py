@@ -42,3 +42,22 @@ def test_hydra_settings_point_to_bbrctl(capsys, tmp_path, monkeypatch, command, 
     assert "hydra.* settings are managed by bbrctl" in out.err and says in out.err
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_sweep_help_lists_the_preset_files_and_quotes_its_examples(capsys):
+    import re
+    import subprocess
+    from pathlib import Path
+
+    import bbrctl
+
+    code, out = run(capsys, "sweep", "--help")
+    text = " ".join(out.out.split())
+    shipped = sorted(p.stem for p in (Path(bbrctl.__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
+                     if not p.stem.startswith("tune_"))
+    listed = re.search(r"\+experiment=([\w|]+)", text.replace("| ", "|")).group(1).split("|")
+    assert code == 0 and sorted(listed) == shipped
+    example = re.search(r"grammar \(quoted for the shell\): (.*?)\.\s", text).group(1)
+    # As typed at a bash prompt, the examples parse (unquoted range(0,3) is a syntax error).
+    assert subprocess.run(["bash", "-n", "-c", f"bbrctl sweep {example}"]).returncode == 0
+    assert subprocess.run(["bash", "-n", "-c", "bbrctl sweep seed=range(0,3)"], capture_output=True).returncode != 0

@@ -8,9 +8,18 @@ import typer
 
 from bbrctl.cli.app import app
 from bbrctl.cli.common import ConfigDirOpt, OverridesArg, RunsRootOpt, as_list
+from bbrctl.config.tree import group_options
 
 
-@app.command("sweep")
+def _presets() -> str:
+    """The shipped presets (and $BBRCTL_CONFIG_PATH's), read from the files: never a hand list."""
+    try:
+        # tune_* presets hold a search space for `bbrctl tune`, not a sweep.
+        return "|".join(n for n in group_options("experiment") if not n.startswith("tune_")) or "none"
+    except Exception:  # noqa: BLE001 - a help text must not fail
+        return "see conf/experiment/"
+
+
 def sweep_command(
     overrides: Optional[List[str]] = OverridesArg,
     config_dir: Optional[List[str]] = ConfigDirOpt,
@@ -24,9 +33,9 @@ def sweep_command(
 ) -> None:
     """Run a Hydra sweep: one job per combination, locally or as one SLURM job array.
 
-    Sweeps use Hydra's grammar: gamma=0.25,0.5,1,2  seed=range(0,3)  loss=choice(eiou,giou)  loss=glob(focal_*).
+    Sweeps use Hydra's grammar (quoted for the shell): gamma=0.25,0.5,1,2  'seed=range(0,3)'  'loss=choice(eiou,giou)'  'loss=glob(focal_*)'.
 
-    The paper's ablations are presets: +experiment=table1|table2|table3|fig9a|fig9b|fig9c.
+    Presets (conf/experiment/ and $BBRCTL_CONFIG_PATH): +experiment=PRESETS.
 
     Done jobs are skipped, failed ones relaunched, queued or running ones left alone. launcher=local (default) or launcher=slurm.
 
@@ -148,3 +157,8 @@ def _print_submission(result, sub) -> None:
         typer.echo(f"#   {d}")
     typer.echo(f"# batch script {sub.script}:")
     typer.echo(sub.text, nl=not sub.text.endswith("\n"))
+
+
+# Registered after the docstring names the presets found in the config files.
+sweep_command.__doc__ = (sweep_command.__doc__ or "").replace("PRESETS", _presets())
+app.command("sweep")(sweep_command)
