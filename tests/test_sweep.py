@@ -165,9 +165,11 @@ def test_table3_runs_the_six_detectors_on_their_paper_backbones(in_tmp):
     by = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in plan.jobs}
     assert by[("detr", "baseline")]["schedule"]["optimizer"] == "adamw"          # DETR's own schedule
     assert by[("atss", "baseline")]["schedule"]["name"] == "cpu_small"
-    # One backbone on the command line collapses the pairs: 6 detectors x 2 losses.
+    # One backbone on the command line collapses the pairs but for ATSS/PAA's DCN rows, whose
+    # detector files keep their deformable head towers (model.head_dcn): 8 variants x 3 rows.
     cpu = S.expand(["+experiment=table3", "backbone=resnet_tiny"])
-    assert len(cpu.jobs) == 18 and {j.config["backbone"]["name"] for j in cpu.jobs} == {"resnet_tiny"}
+    assert len(cpu.jobs) == 24 and {j.config["backbone"]["name"] for j in cpu.jobs} == {"resnet_tiny"}
+    assert sum(bool(j.config["model"].get("head_dcn")) for j in cpu.jobs) == 6
     assert len({j.config["model"]["name"] for j in cpu.jobs}) == 6
     embedded = S.expand(["+experiment=table3_cpu"])
     cfgs = {(j.config["model"]["name"], j.config["loss"]["name"]): j.config for j in embedded.jobs

@@ -112,7 +112,7 @@ def test_supervisor_records_crashes_and_skips_done_and_locked_jobs(tmp_path):
 
     dirs = make_dirs(tmp_path, 3)
     (dirs[0] / "mode").write_text("crash")
-    (dirs[1] / "results.json").write_text(json.dumps({"status": "done"}))
+    (dirs[1] / "results.json").write_text(json.dumps({"status": "done", "metrics": {"bbox": {"AP": 30.0}}}))
     fd = os.open(dirs[2] / local.RUN_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)          # another launcher holds it
     try:

@@ -223,7 +223,9 @@ def test_a_trial_stopped_with_its_checkpoint_resumes_when_the_study_runs_again(t
     """Driver killed, then the trial preempted (`sweep --cancel`: SIGTERM, checkpoint, exit 75):
     the same command again launches it again, it resumes from its checkpoint and completes."""
     root = tmp_path / "runs"
-    argv = [sys.executable, "-m", "bbrctl", "tune", *TINY, "schedule.max_iter=60", "schedule.steps=[50]",
+    # Long enough that the trial is still training when the cancel lands on an idle machine
+    # (tiny data trains at ~10 it/s: 60 iterations were over before `sweep --cancel` started).
+    argv = [sys.executable, "-m", "bbrctl", "tune", *TINY, "schedule.max_iter=400", "schedule.steps=[350]",
             "schedule.log_period=1", "gamma=choice(0.5)", "--trials", "1", "--sampler", "grid", "--pruner", "none",
             "--name", "pre", "--runs-root", str(root)]
     drv = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -245,14 +247,14 @@ def test_a_trial_stopped_with_its_checkpoint_resumes_when_the_study_runs_again(t
     assert cancel.returncode == 0, cancel.stderr
     assert wait_until(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "requeued", 150)
     stopped_at = json.loads((run_dir / "status.json").read_text())["iteration"]
-    assert 3 <= stopped_at < 60 and not (run_dir / "stop.request").exists()
+    assert 3 <= stopped_at < 400 and not (run_dir / "stop.request").exists()
 
     again = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout + again.stderr
     (t,) = load(root / "pre").get_trials()
     assert t.state.name == "COMPLETE"
     log = (run_dir / "train.log").read_text()
-    assert log.count("starting iteration 0") == 1 and f"resuming at iteration {stopped_at}/60" in log
+    assert log.count("starting iteration 0") == 1 and f"resuming at iteration {stopped_at}/400" in log
 
 
 # --------------------------------------------------------------------------- SLURM

@@ -83,19 +83,21 @@ def ensure_dir(path: str | os.PathLike, levels: int = 1) -> Path:
     return path
 
 
-def open_dir(path: str | os.PathLike, follow: bool = False) -> int:
+def open_dir(path: str | os.PathLike, follow: bool = False, reading: bool = False) -> int:
     """A descriptor of directory ``path`` (not followed if it is a link, unless ``follow``);
-    UnsafePath else."""
+    UnsafePath else. ``reading``: other OS errors stay OSErrors (a reader says "cannot be
+    read", not "cannot write": another user's private run)."""
     path = Path(path)
     try:
         return os.open(path, (_DIR_FLAGS & ~os.O_NOFOLLOW) if follow else _DIR_FLAGS)
     except OSError as e:
-        if e.errno == errno.ENOENT:
+        if e.errno == errno.ENOENT or (reading and e.errno in (errno.EACCES, errno.EPERM)):
             raise
         raise _os_error(path, e) from None
 
 
-def open_file(path: str | os.PathLike, flags: int, mode: int = 0o666, make_dir: bool = True) -> int:
+def open_file(path: str | os.PathLike, flags: int, mode: int = 0o666, make_dir: bool = True,
+              reading: bool = False) -> int:
     """``os.open(path, flags)`` inside its directory, following no link (see module doc).
 
     The returned descriptor is a regular file's (or UnsafePath is raised). ``make_dir``
@@ -104,12 +106,12 @@ def open_file(path: str | os.PathLike, flags: int, mode: int = 0o666, make_dir: 
     path = Path(path)
     if make_dir:
         ensure_dir(path.parent)
-    dfd = open_dir(path.parent)
+    dfd = open_dir(path.parent, reading=reading)
     try:
         try:
             fd = os.open(path.name, flags | NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=dfd)
         except OSError as e:
-            if e.errno == errno.ENOENT:
+            if e.errno == errno.ENOENT or (reading and e.errno in (errno.EACCES, errno.EPERM)):
                 raise
             raise _os_error(path, e) from None
     finally:
@@ -131,7 +133,7 @@ def read_bytes(path: str | os.PathLike, limit: int | None = None) -> bytes:
     ``limit``: refuse (UnsafePath) a file larger than this many bytes.
     """
     path = Path(path)
-    fd = open_file(path, os.O_RDONLY, make_dir=False)
+    fd = open_file(path, os.O_RDONLY, make_dir=False, reading=True)
     try:
         size = os.fstat(fd).st_size
         if limit is not None and size > limit:
