@@ -34,6 +34,22 @@ def _hermetic_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("BBRCTL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))
 
 
+# The heavy tier: end-to-end files that train sweeps, drive real SLURM arrays or kill trainers
+# (about 16 of the suite's 30 minutes on a 2-core CPU, from the full run's per-test times).
+# `pytest` runs the rest (pyproject: -m "not heavy"); `pytest -m heavy` runs these; .ci/run both.
+HEAVY_FILES = {
+    "test_tune.py", "test_faults.py", "test_wandb.py", "test_own_loss_guide.py", "test_slurm_e2e.py",
+    "test_sweep_local.py", "test_rounds.py", "test_slurm_rounds.py", "test_user_losses_e2e.py",
+    "test_train_resume.py", "test_slurm_e2e_multinode.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in HEAVY_FILES:
+            item.add_marker(pytest.mark.heavy)
+
+
 def slurm_reachable() -> tuple[bool, str]:
     if not shutil.which("sinfo") or not shutil.which("sbatch"):
         return False, "sinfo/sbatch not on PATH"
