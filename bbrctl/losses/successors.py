@@ -83,11 +83,17 @@ class _PerPair(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_aux):
-        if ctx.jac is None:
-            return None, None, None, None, None
-        out = torch.empty((ctx.jac.shape[1], 4), dtype=ctx.pred_dtype, device=ctx.jac.device)
-        out.t().copy_(ctx.jac * grad_loss)
-        return out, None, None, None, None
+        return (_pred_grad(ctx, grad_loss), None, None, None, None)
+
+
+def _pred_grad(ctx, grad_loss):
+    """d loss / d pred (N, 4) from the (4, N) Jacobian kept on ``ctx`` (None when none was kept)."""
+    if ctx.jac is None:
+        return None
+    jac = ctx.jac.reshape(4, -1)
+    out = torch.empty((jac.shape[1], 4), dtype=ctx.pred_dtype, device=jac.device)
+    out.t().copy_(jac * grad_loss)
+    return out
 
 
 def per_pair(name: str, pred, target, core: Callable, impl: str = "auto", extra=None):
@@ -136,12 +142,7 @@ class _FusedIoUPlus(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_aux):
-        if ctx.jac is None:
-            return None, None, None, None, None, None
-        jac = ctx.jac.view(4, -1)
-        out = torch.empty((jac.shape[1], 4), dtype=ctx.pred_dtype, device=jac.device)
-        out.t().copy_(jac * grad_loss)
-        return out, None, None, None, None, None
+        return (_pred_grad(ctx, grad_loss), None, None, None, None, None)
 
 
 def _siou_block(lay, theta: float, eps: float, want_jac: bool):
