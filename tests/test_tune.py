@@ -175,28 +175,46 @@ def test_a_study_killed_mid_way_and_run_again_ends_with_six_trials_and_the_same_
     assert other.returncode == 2 and "made with other arguments (direction" in other.stderr, other.stderr
 
 
+CASES = {
+    # finds boxes within a few iterations, and ends after 16
+    "good": {"model": {"score_thresh": 0.01}, "schedule": {"max_iter": 16}},
+    # keeps no detection (AP50 0 at every evaluation), and would run long enough that the driver
+    # always sees it running, however fast the machine: it can only end by being pruned
+    "bad": {"model": {"score_thresh": 1.0}, "schedule": {"max_iter": 400}},
+}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_median_pruner_stops_a_trial_that_finds_nothing_with_its_checkpoint(tmp_path):
-    """Designed case: score_thresh=1.0 keeps no detection (AP50 0 at every evaluation) while 0.01
-    finds boxes; the grid's seed 1 runs 0.01 first, so the second trial is pruned at its first
-    evaluation and stops through the stop request with a checkpoint."""
+    """Designed case, a config group of the user's own: the grid's seed 1 runs `good` first, so
+    `bad` is pruned at the first evaluation where `good` had found something, and stops through
+    the stop request with a checkpoint."""
+    cases = tmp_path / "conf" / "case"
+    cases.mkdir(parents=True)
+    for name, body in CASES.items():
+        (cases / f"{name}.yaml").write_text("# @package _global_\n" + json.dumps(body) + "\n")
     root = tmp_path / "runs"
-    args = ["tune", *TINY, "model.score_thresh=choice(0.01,1.0)", "schedule.eval_period=4", "--sampler", "grid", "--seed", "1", "--trials", "2", "--metric", "AP50",
-            "--pruner", "median", "--pruner-startup-trials", "1", "--name", "prune", "--runs-root", str(root)]
+    fixed = [a for a in TINY if not a.startswith(("schedule.max_iter=", "model.score_thresh="))]
+    args = ["tune", *fixed, "+case=choice(good,bad)", "schedule.eval_period=4", "--sampler", "grid", "--seed", "1",
+            "--trials", "2", "--metric", "AP50", "--pruner", "median", "--pruner-startup-trials", "1",
+            "--name", "prune", "--runs-root", str(root), "--config-dir", str(tmp_path / "conf")]
     out = run_cli(args, tmp_path, timeout=550, env=ENV)
     assert out.returncode == 0, out.stdout + out.stderr
     study = load(root / "prune")
     good, bad = study.get_trials()
-    assert good.params["model.score_thresh"] == 0.01 and good.state.name == "COMPLETE" and good.value > 0
-    assert bad.params["model.score_thresh"] == 1.0 and bad.state.name == "PRUNED"
+    assert good.params["case"] == "good" and good.state.name == "COMPLETE" and good.value > 0
+    found = sorted(s for s, v in good.intermediate_values.items() if v > 0)
+    assert found, f"the designed case needs `good` to find boxes at an evaluation: {good.intermediate_values}"
+    assert bad.params["case"] == "bad" and bad.state.name == "PRUNED", out.stdout
     assert bad.intermediate_values and max(bad.intermediate_values.values()) == 0
+    assert f"pruning at iteration {found[0]} " in out.stderr, out.stderr
     d = root / "prune" / bad.user_attrs["run_dir"]
     # A stopped run: checkpoint kept, no results, state requeued, stopped before its last iteration.
     assert (d / "stop.request").is_file() and (d / "checkpoints" / "last.pt").is_file()
     assert not (d / "results.json").exists()
     status = json.loads((d / "status.json").read_text())
-    assert status["state"] == "requeued" and status["iteration"] < 16
+    assert status["state"] == "requeued" and status["iteration"] < 400
     assert "stopped by stop.request" in (d / "train.log").read_text()
 
     st = run_cli(["status", "prune", "--runs-root", str(root), "--json"], tmp_path, env=ENV)
@@ -209,7 +227,7 @@ def test_the_median_pruner_stops_a_trial_that_finds_nothing_with_its_checkpoint(
 
     rep = run_cli(["report", "--study", "prune", "--runs-root", str(root)], tmp_path, env=ENV, timeout=200)
     assert rep.returncode == 0, rep.stderr
-    assert "| 1 | pruned | 0.0 | 1.0000 |" in rep.stdout
+    assert "| 1 | pruned | 0.0 | bad |" in rep.stdout, rep.stdout
     reports = tmp_path / "reports"
     assert {p.name for p in reports.iterdir()} >= {"prune.md", "prune.csv", "prune.json", "prune-history.png",
                                                   "prune-slices.png"}

@@ -391,12 +391,18 @@ def _report(study, t, run_dir: Path, st: Study, echo, may_prune: bool = True) ->
     if not fresh:
         return
     trial = _live(study, t)
+    # The pruner is asked after each evaluation in turn, as if it had watched the run live: a
+    # driver that polls late (a fast run, a busy machine) then prunes at the same step as one
+    # that polls at once. Asking only at the newest step would compare it with the finished
+    # trials at a step they may never have reached, where Optuna never prunes.
+    pruned_at = None
     for step in sorted(fresh):
         trial.report(fresh[step], step)
-    if may_prune and not T.stop_requested(run_dir) and trial.should_prune():
-        step = max(fresh)
-        T.request_stop(run_dir, t.number, step)
-        echo(f"trial {t.number}: pruning at iteration {step} ({st.spec['metric']} {fresh[step]:.2f}); "
+        if pruned_at is None and may_prune and not T.stop_requested(run_dir) and trial.should_prune():
+            pruned_at = step
+    if pruned_at is not None:
+        T.request_stop(run_dir, t.number, pruned_at)
+        echo(f"trial {t.number}: pruning at iteration {pruned_at} ({st.spec['metric']} {fresh[pruned_at]:.2f}); "
              "asked the run to checkpoint and stop")
 
 
