@@ -71,7 +71,7 @@ def _torch() -> list[Check]:
     else:
         why = "this torch is a CPU build" if not torch.version.cuda else "no CUDA device is visible"
         out.append(Check("torch", "gpus", INFO, f"no GPU ({why}); training runs on the CPU"))
-    from bbrctl.detection.speed import has_bf16_matmul_hardware
+    from bbrctl.detection.train.speed import has_bf16_matmul_hardware
 
     amx = has_bf16_matmul_hardware()
     out.append(Check("torch", "cpu bf16", INFO, f"{provenance.cpu_model() or 'unknown CPU'}: "

@@ -20,7 +20,7 @@ images (rank r of w: images r, r + w, ...), the detections are gathered on rank 
 scores them and writes the file; the metrics equal a single process's on the same
 checkpoint (tests/test_eval.py).
 
-Checkpoints are read weights-only (bbrctl.detection.checkpoint.model_state: a bbrctl
+Checkpoints are read weights-only (bbrctl.detection.train.checkpoint.model_state: a bbrctl
 checkpoint, checksum verified, or a bare state dict of tensors), so a file from elsewhere
 cannot run code. Default name: ``<data.name>-<split>``, plus a short hash of the data config when
 it differs from the run's own, plus the checkpoint's file name when one is given.
@@ -103,10 +103,10 @@ def category_names(data_cfg: Mapping[str, Any]) -> list[str] | None:
     from bbrctl.config.schema import is_synthetic
 
     if is_synthetic(data_cfg):
-        from bbrctl.detection.synth import CLASSES
+        from bbrctl.detection.data.synth import CLASSES
 
         return list(CLASSES)
-    from bbrctl.detection.data import read_categories, split_paths
+    from bbrctl.detection.data.datasets import read_categories, split_paths
 
     for split in ("val", "train"):
         try:
@@ -120,7 +120,7 @@ def category_names(data_cfg: Mapping[str, Any]) -> list[str] | None:
 
 
 def check_same_model_classes(train_data: Mapping[str, Any], eval_data: Mapping[str, Any]) -> None:
-    from bbrctl.detection.data import num_classes
+    from bbrctl.detection.data.datasets import num_classes
 
     n_train, n_eval = num_classes(train_data), num_classes(eval_data)
     if n_train != n_eval:
@@ -170,7 +170,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | 
                         "or give --checkpoint PATH")
     name = name or default_name(run_cfg, cfg, split, Path(checkpoint) if checkpoint is not None else None)
 
-    from bbrctl.detection.checkpoint import check_belongs, model_state
+    from bbrctl.detection.train.checkpoint import check_belongs, model_state
 
     state, meta = model_state(ckpt_path)
     check_belongs(ckpt_path, meta.get("signature"), run_dir)
@@ -182,9 +182,9 @@ def _evaluate(run_dir: Path, cfg: dict, state: dict, meta: dict, ckpt_path: Path
               overrides: list[str], signature: str | None, device: str | None) -> tuple[Path | None, dict | None]:
     import torch
 
-    from bbrctl.detection import engine
-    from bbrctl.detection.data import build_dataset, ensure_dataset, num_classes
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.train import engine
+    from bbrctl.detection.data.datasets import build_dataset, ensure_dataset, num_classes
+    from bbrctl.detection.models.build import build_model
 
     t0 = time.time()
     dist = engine.setup_distributed(device)

@@ -4,7 +4,7 @@
 display is needed on a cluster node); ``png_bytes(fig)`` renders a figure to PNG bytes in
 memory and closes it, so callers write the bytes atomically (``bbrctl.store``) or hand them
 to W&B. Simulation figures (``bbrctl.simulate.figures``), report figures
-(``bbrctl.report.ablation_plots``) and detection pictures (``bbrctl.detection.pictures``)
+(``bbrctl.report.ablation_plots``) and detection pictures (``bbrctl.detection.tracking.pictures``)
 all come through here.
 """
 

@@ -19,7 +19,7 @@ from bbrctl.errors import UserError
 
 def check_files(cfg: Mapping[str, Any]) -> None:
     """One-line UserError naming the first missing or inconsistent file and its config key."""
-    from bbrctl.detection import data as D
+    from bbrctl.detection.data import datasets as D
 
     data = cfg["data"]
     if not is_synthetic(data):

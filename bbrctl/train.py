@@ -142,8 +142,8 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
             _write_results(run_dir, "failed", sig, cfg, error=str(e))
         raise
 
-    from bbrctl.detection import engine
-    from bbrctl.detection.wandb_run import WandbSink
+    from bbrctl.detection.train import engine
+    from bbrctl.detection.tracking.wandb_run import WandbSink
 
     dist = engine.setup_distributed(device)
     if progress is None:
@@ -233,7 +233,7 @@ def train_from_overrides(overrides: Sequence[str] = (), config_dirs: Iterable[st
 
     cfg = to_container(compose(list(overrides), config_dirs))
     preflight.check_files(cfg)
-    from bbrctl.detection.engine import check_device
+    from bbrctl.detection.train.engine import check_device
 
     check_device(device)  # before the run directory exists
     root = resolve_runs_root(runs_root, cfg.get("runs_root"))

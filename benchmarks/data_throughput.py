@@ -1,7 +1,7 @@
 """Does the data loader keep up with the model? Loader images/s per worker count against the
 model's training images/s, measured in the same run, on the COCO-sized generated set.
 
-The loader is the training engine's own (bbrctl.detection.engine.train_loader: batches
+The loader is the training engine's own (bbrctl.detection.train.engine.train_loader: batches
 grouped by aspect ratio, JPEG decoding and flips in the workers, persistent workers,
 prefetch 4), timed for each worker count in ``--workers`` after its first batches (worker
 start-up is reported apart). The model is RetinaNet on ``--backbone`` (resnet_tiny by
@@ -69,10 +69,10 @@ def main(argv=None) -> int:
     import torch
 
     from bbrctl.config import compose, to_container
-    from bbrctl.detection import engine
-    from bbrctl.detection.data import build_dataset, ensure_dataset, num_classes
-    from bbrctl.detection.models import build_model
-    from bbrctl.detection.sampling import GroupedTrainSampler, aspect_ratio_groups
+    from bbrctl.detection.train import engine
+    from bbrctl.detection.data.datasets import build_dataset, ensure_dataset, num_classes
+    from bbrctl.detection.models.build import build_model
+    from bbrctl.detection.data.sampling import GroupedTrainSampler, aspect_ratio_groups
 
     if a.threads:
         torch.set_num_threads(a.threads)

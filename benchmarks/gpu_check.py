@@ -165,9 +165,9 @@ def train_part(torch, device, steps: int, budget_end: float) -> dict:
     import copy
 
     from bbrctl.config import compose, to_container
-    from bbrctl.detection.data import build_dataset, collate, ensure_dataset
-    from bbrctl.detection.heads import install_bbr_loss
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.data.datasets import build_dataset, collate, ensure_dataset
+    from bbrctl.detection.models.heads import install_bbr_loss
+    from bbrctl.detection.models.build import build_model
 
     ovs = ["data=shapes_coco", "data.num_train=32", "data.num_val=4", "backbone=resnet50", "model=retinanet"]
     cfg = to_container(compose(ovs))

@@ -60,9 +60,9 @@ def main() -> None:
     import torch
 
     from bbrctl.config import compose, to_container
-    from bbrctl.detection.data import build_dataset, collate, ensure_dataset
-    from bbrctl.detection.heads import install_bbr_loss
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.data.datasets import build_dataset, collate, ensure_dataset
+    from bbrctl.detection.models.heads import install_bbr_loss
+    from bbrctl.detection.models.build import build_model
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -180,7 +180,7 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     # The data pipeline alone: the engine's loader over the training set.
-    from bbrctl.detection.data import TrainSampler
+    from bbrctl.detection.data.datasets import TrainSampler
 
     workers = int(data_cfg.get("num_workers", 0) or 0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=TrainSampler(len(ds), seed=0),
@@ -226,7 +226,7 @@ def _time_assigner(name: str, model, cuda: bool):
 
     acc = [0.0]
     if name == "atss":
-        import bbrctl.detection.atss as atss
+        import bbrctl.detection.models.atss as atss
 
         plain = atss.atss_assign
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bbrctl.detection import data as D
+from bbrctl.detection.data import datasets as D
 from bbrctl.errors import UserError
 
 

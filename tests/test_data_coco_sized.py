@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from bbrctl.detection import synth
+from bbrctl.detection.data import synth
 
 SMALL = dict(num_train=24, num_val=6, image_shapes=((160, 120), (120, 160), (96, 96)),
              image_shape_weights=(0.5, 0.3, 0.2), max_objects=5)

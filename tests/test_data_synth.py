@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bbrctl.detection import data as D
-from bbrctl.detection import synth
+from bbrctl.detection.data import datasets as D
+from bbrctl.detection.data import synth
 from bbrctl.errors import UserError
 
 TINY = synth.ShapesSpec(num_train=6, num_val=3, image_size=96, max_objects=5)

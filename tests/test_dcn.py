@@ -1,4 +1,4 @@
-"""Deformable backbones (bbrctl.detection.dcn, ``backbone.dcn_stages``)."""
+"""Deformable backbones (bbrctl.detection.models.dcn, ``backbone.dcn_stages``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 
 
 def test_modulated_deform_conv_starts_as_half_its_plain_conv_and_learns_offsets():
-    from bbrctl.detection.dcn import ModulatedDeformConv2d
+    from bbrctl.detection.models.dcn import ModulatedDeformConv2d
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4, bias=False)
@@ -25,8 +25,8 @@ def test_modulated_deform_conv_starts_as_half_its_plain_conv_and_learns_offsets(
 
 
 def test_apply_dcn_converts_the_3x3_convs_of_the_flagged_stages_only():
-    from bbrctl.detection.dcn import ModulatedDeformConv2d, apply_dcn
-    from bbrctl.detection.backbones import build_resnet
+    from bbrctl.detection.models.dcn import ModulatedDeformConv2d, apply_dcn
+    from bbrctl.detection.models.backbones import build_resnet
 
     b = {"block": "bottleneck", "layers": [1, 2, 2, 1], "widths": [8, 16, 16, 16], "groups": 4, "width_per_group": 32}
     net = build_resnet(b, "group")
@@ -47,8 +47,8 @@ def test_apply_dcn_converts_the_3x3_convs_of_the_flagged_stages_only():
 def test_resnext101_64x4d_dcn_is_the_published_trunk_plus_offset_convs():
     import torchvision
 
-    from bbrctl.detection.dcn import ModulatedDeformConv2d
-    from bbrctl.detection.backbones import build_backbone
+    from bbrctl.detection.models.dcn import ModulatedDeformConv2d
+    from bbrctl.detection.models.backbones import build_backbone
 
     cfg = to_container(compose(["model=atss", "backbone=resnext101_64x4d_dcn"]))
     # sfzhang15/ATSS atss_dcnv2_X_101_64x4d_FPN_2x.yaml: STAGE_WITH_DCN (False, False, True, True)
@@ -68,7 +68,7 @@ def test_resnext101_64x4d_dcn_is_the_published_trunk_plus_offset_convs():
 
 @pytest.mark.parametrize("model", ["retinanet", "atss", "detr"])
 def test_dcn_backbone_trains_in_a_detector(model):
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     over = [f"model={model}", "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32",
             "model.min_size=64", "model.max_size=64", "+backbone.dcn_stages=[false,false,true,true]", "model.norm=group"]
@@ -89,8 +89,8 @@ def test_dcn_backbone_trains_in_a_detector(model):
 def test_head_dcn_is_the_last_conv_of_each_tower_and_the_dcn_rows_set_it():
     """ATSS/PAA ``USE_DCN_IN_TOWER``: the last of the NUM_CONVS tower convs is a DFConv2d
     (modulated, bias kept), the others plain; the offsets start at zero."""
-    from bbrctl.detection.dcn import ModulatedDeformConv2d
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.dcn import ModulatedDeformConv2d
+    from bbrctl.detection.models.build import build_model
 
     for det in ("atss_x101_dcn", "paa_x101_dcn"):
         assert to_container(compose([f"+detector={det}"]))["model"]["head_dcn"] is True

@@ -1,4 +1,4 @@
-"""ATSS and PAA (bbrctl.detection.atss / .paa / .dense): assigners, the mixture, the stock
+"""ATSS and PAA (bbrctl.detection.models.atss / .paa / .dense): assigners, the mixture, the stock
 losses and the configured-loss swap, each against a plain re-implementation written here
 from the papers / reference code (loops over images, gts and levels; no shared helpers)."""
 
@@ -29,14 +29,14 @@ def _cfg(model: str) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _stock(model: str):
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     torch.manual_seed(0)
     return build_model(_cfg(model), NUM_CLASSES, install_loss=False)
 
 
 def hooked(model: str, loss: str = "baseline", params=None, weight: float = 1.0):
-    from bbrctl.detection.heads import install_bbr_loss
+    from bbrctl.detection.models.heads import install_bbr_loss
 
     return install_bbr_loss(copy.deepcopy(_stock(model)), loss, params or {}, weight)
 
@@ -162,8 +162,8 @@ def atss_plain(anchors, sizes, gt, k=9):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_atss_assigner_matches_the_plain_algorithm(seed):
-    from bbrctl.detection.atss import atss_assign
-    from bbrctl.detection.dense import pad_targets
+    from bbrctl.detection.models.atss import atss_assign
+    from bbrctl.detection.models.dense import pad_targets
 
     anchors, sizes, boxes = random_problem(seed)
     targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in boxes]
@@ -176,7 +176,7 @@ def test_atss_assigner_matches_the_plain_algorithm(seed):
 
 
 def test_atss_takes_fewer_than_k_on_small_levels_and_resolves_conflicts_by_iou():
-    from bbrctl.detection.atss import atss_assign
+    from bbrctl.detection.models.atss import atss_assign
 
     # One level of 4 anchors (fewer than k), two overlapping gts both claiming anchor 0.
     anchors = torch.tensor([[0.0, 0, 20, 20], [10, 0, 30, 20], [0, 10, 20, 30], [40, 40, 60, 60]])
@@ -188,7 +188,7 @@ def test_atss_takes_fewer_than_k_on_small_levels_and_resolves_conflicts_by_iou()
 
 
 def test_centerness_targets():
-    from bbrctl.detection.atss import centerness_targets
+    from bbrctl.detection.models.atss import centerness_targets
 
     anchors = torch.tensor([[0.0, 0, 20, 20], [5, 0, 15, 10]])
     gt = torch.tensor([[0.0, 0, 20, 20], [0.0, 0, 40, 10]])
@@ -255,8 +255,8 @@ def test_atss_stock_loss_matches_the_plain_implementation():
 
 
 def _positives(m, head, anchors, sizes, targets):
-    from bbrctl.detection.atss import atss_assign, centerness_targets
-    from bbrctl.detection.dense import pad_targets
+    from bbrctl.detection.models.atss import atss_assign, centerness_targets
+    from bbrctl.detection.models.dense import pad_targets
 
     gt, _, valid = pad_targets(targets, "cpu")
     matched = atss_assign(anchors, sizes, gt, valid)
@@ -332,7 +332,7 @@ def sklearn_em_plain(x, max_iter=100, tol=1e-3, reg=1e-6):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_gmm_matches_scikit_learns_em_written_out(seed):
-    from bbrctl.detection.paa import gmm_fit_1d
+    from bbrctl.detection.models.paa import gmm_fit_1d
 
     rng = np.random.default_rng(seed)
     rows = [np.sort(np.concatenate([rng.normal(0.3, 0.1, rng.integers(2, 12)), rng.normal(1.5, 0.3, rng.integers(2, 20))]))
@@ -352,7 +352,7 @@ def test_gmm_matches_scikit_learns_em_written_out(seed):
 
 
 def test_gmm_separates_a_clear_two_mode_sample_and_float32_agrees():
-    from bbrctl.detection.paa import gmm_fit_1d, separate
+    from bbrctl.detection.models.paa import gmm_fit_1d, separate
 
     x = torch.tensor([[0.10, 0.12, 0.15, 0.18, 2.0, 2.1, 2.3, 2.4, 2.6]])
     valid = torch.ones_like(x, dtype=torch.bool)
@@ -411,8 +411,8 @@ def paa_select_plain(cand, cost, sizes, n_gt, topk=9):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_paa_candidates_and_selection_match_the_per_gt_loops(seed):
-    from bbrctl.detection.dense import pad_targets
-    from bbrctl.detection.paa import candidate_assign, paa_select
+    from bbrctl.detection.models.dense import pad_targets
+    from bbrctl.detection.models.paa import candidate_assign, paa_select
 
     anchors, sizes, boxes = random_problem(seed)
     targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in boxes]
@@ -442,7 +442,7 @@ def reg_unweighted(head, anchors, real, targets):
 
 
 def test_paa_loss_matches_the_plain_implementation_for_a_given_assignment(monkeypatch):
-    from bbrctl.detection.dense import pad_targets
+    from bbrctl.detection.models.dense import pad_targets
 
     _, targets = batch()
     m = hooked("paa")
@@ -502,7 +502,7 @@ def test_paa_loss_swap_and_assignment_option():
 
 
 def test_score_voting_matches_the_reference_loop():
-    from bbrctl.detection.paa import score_vote
+    from bbrctl.detection.models.paa import score_vote
 
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(30, 2, generator=g) * 40
@@ -562,7 +562,7 @@ def test_a_batch_without_objects_gives_finite_connected_losses():
 
 @pytest.mark.parametrize("model", ["atss", "paa"])
 def test_one_square_anchor_per_location_of_side_8x_stride_on_coco(model):
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     def sides(*over):
         m = build_model(to_container(compose([f"model={model}", *over])), 3)
@@ -591,7 +591,7 @@ def test_paa_iou_weighting_with_disjoint_positives_and_with_none(monkeypatch):
     """Edge cases of the IoU-weighted regression term, as mmdet's PAAHead has them: every
     positive disjoint from its gt (all u = 0) gives 1.3 x sum(1e-12 GIoU) / eps, finite and
     tiny (Focal-EIoU: exactly 0); no positive gives a 0 still connected to the graph."""
-    from bbrctl.detection.dense import pad_targets
+    from bbrctl.detection.models.dense import pad_targets
 
     _, targets = batch()
     for loss, params in (("baseline", {}), ("focal_eiou", {"gamma": 0.5})):
@@ -619,7 +619,7 @@ def test_paa_iou_weighting_with_disjoint_positives_and_with_none(monkeypatch):
 
 def test_reg_weighting_none_is_the_plain_mean_and_changes_the_signature():
     from bbrctl.config import signature
-    from bbrctl.detection.dense import pad_targets
+    from bbrctl.detection.models.dense import pad_targets
 
     _, targets = batch()
     for name in ("atss", "paa"):
@@ -629,7 +629,7 @@ def test_reg_weighting_none_is_the_plain_mean_and_changes_the_signature():
         if name == "paa":
             matched = m.assign(targets, head, anchors, sizes)[0]
         else:
-            from bbrctl.detection.atss import atss_assign
+            from bbrctl.detection.models.atss import atss_assign
 
             gt_, _, valid_ = pad_targets(targets, "cpu")
             matched = atss_assign(anchors, sizes, gt_, valid_)
@@ -647,7 +647,7 @@ def test_reg_weighting_none_is_the_plain_mean_and_changes_the_signature():
                                           ("fcos", 1.0), ("detr", 2.0)])
 def test_weight_stock_is_the_detectors_own_box_weight(model, stock):
     from bbrctl.config import signature
-    from bbrctl.detection.models import box_loss_weight
+    from bbrctl.detection.models.build import box_loss_weight
 
     extra = ["model.anchor_sizes=[32,64,128,256,512]"] if model == "fcos" else []
     fe = to_container(compose([f"model={model}", "loss=focal_eiou", "+weighting=stock", *extra]))
@@ -660,7 +660,7 @@ def test_weight_stock_is_the_detectors_own_box_weight(model, stock):
 
 
 def test_weight_stock_installs_the_stock_weight_in_atss():
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     cfg = to_container(compose(["model=atss", *MICRO, "loss=giou", "weight=stock"]))
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ TINY = ["data=shapes_tiny", "schedule=smoke", "schedule.max_iter=6", "schedule.c
 
 
 def _train(root, extra):
-    from bbrctl.detection.checkpoint import load_checkpoint
+    from bbrctl.detection.train.checkpoint import load_checkpoint
     from bbrctl.train import train_from_overrides
 
     run_dir, results = train_from_overrides([*TINY, *extra, f"runs_root={root}"], progress=False)

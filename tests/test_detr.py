@@ -1,4 +1,4 @@
-"""DETR (bbrctl.detection.detr): matcher, set loss, positional encoding, the loss swap and the
+"""DETR (bbrctl.detection.models.detr): matcher, set loss, positional encoding, the loss swap and the
 schedule it trains with, checked against plain re-implementations written here (brute-force
 matching over permutations, loops over layers and images)."""
 
@@ -25,14 +25,14 @@ K = 3   # classes
 
 @functools.lru_cache(maxsize=None)
 def _stock():
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     torch.manual_seed(0)
     return build_model(to_container(compose(MICRO)), K, install_loss=False)
 
 
 def hooked(loss="baseline", params=None, weight=1.0, **attrs):
-    from bbrctl.detection.heads import install_bbr_loss
+    from bbrctl.detection.models.heads import install_bbr_loss
 
     m = install_bbr_loss(copy.deepcopy(_stock()), loss, params or {}, weight)
     for k, v in attrs.items():
@@ -106,7 +106,7 @@ def brute_force(c):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_matcher_costs_and_assignment_are_optimal(seed):
-    from bbrctl.detection.detr import HungarianMatcher
+    from bbrctl.detection.models.detr import HungarianMatcher
 
     logits, boxes, targets, sizes = problem(seed, sizes=(3, 0) if seed == 3 else (3, 2))
     gts = [normalised_gt(t, s).float() for t, s in zip(targets, sizes)]
@@ -170,7 +170,7 @@ def test_stock_loss_with_auxiliary_layers_matches_the_plain_implementation(seed)
 
 def _matched(logits, boxes, targets, sizes):
     """(layer, pred cxcywh, gt cxcywh, image size) of the stock matching."""
-    from bbrctl.detection.detr import HungarianMatcher
+    from bbrctl.detection.models.detr import HungarianMatcher
 
     gts = torch.cat([normalised_gt(t, s).float() for t, s in zip(targets, sizes)])
     labels = torch.cat([t["labels"] for t in targets]) - 1
@@ -205,7 +205,7 @@ def test_detr_star_swaps_only_the_giou_term():
 
 
 def test_detr_star_reading_giou_l1_drops_the_l1_term_and_the_config_key_builds_it():
-    from bbrctl.detection.models import build_model, box_loss_weight
+    from bbrctl.detection.models.build import build_model, box_loss_weight
     from bbrctl.losses import focal_eiou_loss
 
     logits, boxes, targets, sizes = problem(1)
@@ -229,7 +229,7 @@ def test_detr_star_reading_giou_l1_drops_the_l1_term_and_the_config_key_builds_i
 
 
 def test_loss_in_matching_replaces_the_giou_cost():
-    from bbrctl.detection.detr import HungarianMatcher
+    from bbrctl.detection.models.detr import HungarianMatcher
 
     logits, boxes, targets, sizes = problem(2)
     stock = hooked()
@@ -264,7 +264,7 @@ def test_loss_in_matching_replaces_the_giou_cost():
 
 
 def test_sine_position_encoding_follows_detr():
-    from bbrctl.detection.detr import sine_position_encoding
+    from bbrctl.detection.models.detr import sine_position_encoding
 
     pad = torch.zeros(1, 2, 3, dtype=torch.bool)
     pad[0, :, 2] = True                                   # last column is padding
@@ -325,7 +325,7 @@ def test_paper_defaults_and_the_cpu_setting():
 
 
 def test_backbone_lr_factor_makes_a_trunk_param_group():
-    from bbrctl.detection.engine import build_optimizer
+    from bbrctl.detection.train.engine import build_optimizer
 
     m = _stock()
     sched = {"optimizer": "adamw", "base_lr": 1e-4, "batch_size": 2, "base_batch_size": 2, "weight_decay": 1e-4}
@@ -349,7 +349,7 @@ def test_backbone_lr_factor_makes_a_trunk_param_group():
     ("model.cost_class=0 model.cost_bbox=0 model.cost_giou=0", "the matcher would have nothing to match on"),
 ])
 def test_bad_detr_config_is_a_one_line_user_error(override, message):
-    from bbrctl.detection.models import check_model_config
+    from bbrctl.detection.models.build import check_model_config
 
     with pytest.raises(UserError) as e:      # refused where the config is composed, before anything exists
         compose([*MICRO, *override.split()])

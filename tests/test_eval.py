@@ -12,7 +12,7 @@ import pytest
 
 from bbrctl import store
 from bbrctl.cli import main
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.train.checkpoint import load_checkpoint
 
 TRAIN = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", "loss=eiou", "schedule.max_iter=12",
          "schedule.steps=[10]", "schedule.base_lr=0.02", "schedule.base_batch_size=2", "schedule.checkpoint_period=0"]
@@ -130,7 +130,7 @@ class Pickled:
 def test_background_label_detections_are_no_objects():
     import torch
 
-    from bbrctl.detection.evaluate import to_coco_results
+    from bbrctl.detection.eval.coco import to_coco_results
 
     out = {"boxes": torch.tensor([[0.0, 0, 10, 10], [1, 1, 5, 5], [2, 2, 8, 9]]), "scores": torch.tensor([0.9, 0.5, 0.2]),
            "labels": torch.tensor([1, 0, 2]), "masks": torch.ones(3, 1, 12, 12) * torch.tensor([0.9, 0.1, 0.8])[:, None, None, None]}

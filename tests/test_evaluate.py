@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from bbrctl.detection.evaluate import (METRICS, CocoEvaluator, evaluate_detections, masks_to_rle,
+from bbrctl.detection.eval.coco import (METRICS, CocoEvaluator, evaluate_detections, masks_to_rle,
                                        stats_to_metrics, to_coco_results)
 
 CATS = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}, {"id": 11, "name": "c"}]
@@ -242,7 +242,7 @@ def _pycocotools_per_category(gt: dict, dets: list[dict], iou_type: str, tmp_pat
 
 @pytest.mark.parametrize("seed,iou_type", [(0, "bbox"), (4, "bbox"), (5, "segm")])
 def test_per_category_ap_equals_pycocotools_on_each_category_alone(seed, iou_type, tmp_path):
-    from bbrctl.detection.evaluate import evaluate_with_categories
+    from bbrctl.detection.eval.coco import evaluate_with_categories
 
     gt = make_gt(seed)
     dets = make_dets(gt, seed, segm=iou_type == "segm")
@@ -261,7 +261,7 @@ def test_per_category_ap_equals_pycocotools_on_each_category_alone(seed, iou_typ
 
 
 def test_a_category_without_ground_truth_has_nan_ap(tmp_path):
-    from bbrctl.detection.evaluate import evaluate_with_categories
+    from bbrctl.detection.eval.coco import evaluate_with_categories
 
     gt = make_gt(1)
     gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != 7]

@@ -256,7 +256,7 @@ def test_damaged_metrics_lines_are_dropped_on_resume(trained, tmp_path):
 
 
 def test_checkpoints_keep_the_last_two_and_verify_on_load(trained):
-    from bbrctl.detection.checkpoint import load_checkpoint
+    from bbrctl.detection.train.checkpoint import load_checkpoint
 
     ck = RunDir(trained).checkpoints
     assert load_checkpoint(ck / "last.pt")["iteration"] == 4
@@ -301,7 +301,7 @@ def test_temp_files_of_an_interrupted_save_are_removed_on_the_next_start(trained
 
 def test_logged_iterations_reach_metrics_before_the_checkpoint(tmp_path):
     """A kill right after a checkpoint loses no logged iteration (log period 5, checkpoint 2)."""
-    from bbrctl.detection import engine
+    from bbrctl.detection.train import engine
     from bbrctl.store import read_config
 
     run = tmp_path / "job"

@@ -133,7 +133,7 @@ def test_a_valid_outer_format_with_a_bad_payload_falls_back_to_prev(variant, tmp
     import hashlib
     import io
 
-    from bbrctl.detection import checkpoint as ck
+    from bbrctl.detection.train import checkpoint as ck
 
     run = tmp_path / "run"
     good = {"iteration": 3, "model": {"w": torch.ones(2)}, "signature": "s"}
@@ -160,7 +160,7 @@ def test_a_valid_outer_format_with_a_bad_payload_falls_back_to_prev(variant, tmp
 
 def test_eval_and_detections_refuse_a_checkpoint_of_another_config(tmp_path):
     torch = pytest.importorskip("torch")
-    from bbrctl.detection import checkpoint as ck
+    from bbrctl.detection.train import checkpoint as ck
 
     run = tmp_path / "runs" / "train" / "job-1234567890"
     cfg = C.to_container(C.compose(TINY))

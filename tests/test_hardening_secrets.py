@@ -124,7 +124,7 @@ def test_an_invalid_setup_beside_another_error_names_the_other_one(tmp_path):
 
 
 def test_recorded_overrides_and_wandb_config_hold_the_digest_only(tmp_path):
-    from bbrctl.detection.wandb_run import run_config
+    from bbrctl.detection.tracking.wandb_run import run_config
 
     cfg = C.to_container(C.compose([*TINY, "launcher=slurm", SETUP]))
     run = tmp_path / "runs" / "train" / "x-1234567890"

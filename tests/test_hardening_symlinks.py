@@ -148,7 +148,7 @@ def test_a_linked_subdirectory_receives_nothing(sub, run, tmp_path):
 
 def test_a_checkpoint_save_through_a_linked_checkpoints_dir_is_refused(run, tmp_path):
     pytest.importorskip("torch")
-    from bbrctl.detection.checkpoint import checkpoint_path, save_checkpoint
+    from bbrctl.detection.train.checkpoint import checkpoint_path, save_checkpoint
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -1,4 +1,4 @@
-"""Detector builders and loss hooks (bbrctl.detection.models / heads).
+"""Detector builders and loss hooks (bbrctl.detection.models.build / heads).
 
 The key guarantee: with each model's stock loss configured (``baseline`` or its explicit
 equivalent), the hooked model computes exactly torchvision's own loss values, so a
@@ -52,14 +52,14 @@ def micro_cfg(model: str, loss: str = "baseline", params: dict | None = None, we
 
 @functools.lru_cache(maxsize=None)
 def _stock_model(model: str):
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     torch.manual_seed(0)
     return build_model(micro_cfg(model), NUM_CLASSES, install_loss=False)
 
 
 def hooked(model: str, loss: str = "baseline", params=None, weight=1.0, loss_in_rpn=False):
-    from bbrctl.detection.heads import install_bbr_loss
+    from bbrctl.detection.models.heads import install_bbr_loss
 
     m = copy.deepcopy(_stock_model(model))
     return install_bbr_loss(m, loss, params or {}, weight, loss_in_rpn=loss_in_rpn)
@@ -166,7 +166,7 @@ def test_every_model_trains_with_every_loss(model, loss):
 
 
 def _retina_head(loss, params=None, weight=1.0):
-    from bbrctl.detection.heads import BoxRegressionLoss, RetinaNetRegressionHeadBBR
+    from bbrctl.detection.models.heads import BoxRegressionLoss, RetinaNetRegressionHeadBBR
     from torchvision.models.detection.retinanet import RetinaNetRegressionHead
 
     head = RetinaNetRegressionHead(8, 1)
@@ -255,7 +255,7 @@ def test_no_foreground_gives_a_connected_zero():
 
 
 def test_rcnn_box_loss_decodes_the_gt_class_deltas_with_the_head_weights():
-    from bbrctl.detection.heads import BoxRegressionLoss
+    from bbrctl.detection.models.heads import BoxRegressionLoss
     from bbrctl.losses import eiou_loss
 
     m = hooked("faster_rcnn", "eiou", weight=2.5)
@@ -306,7 +306,7 @@ def test_fcos_perfect_points_cost_nothing():
 
 
 def test_resnext101_32x4d_is_the_published_architecture():
-    from bbrctl.detection.backbones import build_resnet
+    from bbrctl.detection.models.backbones import build_resnet
 
     cfg = to_container(compose(["backbone=resnext101_32x4d"]))["backbone"]
     net = build_resnet(cfg, "batch")  # BatchNorm: its affine weights are parameters
@@ -319,7 +319,7 @@ def test_resnext101_32x4d_is_the_published_architecture():
 def test_resnet50_matches_torchvision_layout():
     import torchvision
 
-    from bbrctl.detection.backbones import build_resnet
+    from bbrctl.detection.models.backbones import build_resnet
 
     cfg = to_container(compose(["backbone=resnet50"]))["backbone"]
     ours = build_resnet(cfg, "batch").state_dict()
@@ -328,7 +328,7 @@ def test_resnet50_matches_torchvision_layout():
 
 
 def test_anchor_sizes_follow_the_data_hint():
-    from bbrctl.detection.backbones import anchor_sizes
+    from bbrctl.detection.models.backbones import anchor_sizes
 
     assert anchor_sizes(to_container(compose(["data=coco"]))["model"]) == [32, 64, 128, 256, 512]
     assert anchor_sizes(to_container(compose(["model=faster_rcnn", "data=coco", "+data.anchor_base=12"]))["model"]) \
@@ -339,7 +339,7 @@ def test_anchor_sizes_follow_the_data_hint():
 
 
 def test_normalisation_choice():
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     # From scratch, the standard backbones train GroupNorm; the CPU one BatchNorm.
     assert to_container(compose(["backbone=resnet50"]))["model"]["norm"] == "group"
@@ -354,7 +354,7 @@ def test_normalisation_choice():
 def test_local_imagenet_checkpoint_is_loaded(tmp_path):
     import torchvision
 
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     src = torchvision.models.resnet18(weights=None)
     path = tmp_path / "r18.pth"
@@ -388,7 +388,7 @@ def test_local_imagenet_checkpoint_is_loaded(tmp_path):
     ("model.weights_backbone", "/x.pth", "frozen_bn or batch"),
 ])
 def test_bad_model_config_is_one_line_user_error(key, value, message):
-    from bbrctl.detection.models import check_model_config
+    from bbrctl.detection.models.build import check_model_config
 
     cfg = micro_cfg("retinanet")
     cfg["model"]["norm"] = "group"
@@ -403,6 +403,6 @@ def test_models_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import bbrctl.detection.models as m, bbrctl.train; "
+    code = ("import sys; import bbrctl.detection.models.build as m, bbrctl.train; "
             "m.check_model_config; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

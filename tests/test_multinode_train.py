@@ -3,7 +3,7 @@
 world of two, and train what one process trains.
 
 What the maths says must be equal, and what holds: with the same global batch the two ranks
-see disjoint halves of each batch of the one-process stream (bbrctl.detection.data), and
+see disjoint halves of each batch of the one-process stream (bbrctl.detection.data.datasets), and
 DDP averages their gradients. RetinaNet's losses are means over images of per-image terms,
 so the averaged gradient is the one-process gradient, given a model without batch
 statistics (``model.norm=group``: BatchNorm would normalise over each rank's half). It is
@@ -24,7 +24,7 @@ import sys
 import pytest
 
 from bbrctl import store
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_two_agents_rendezvous_and_train_what_one_process_trains(tmp_path):
         if v.dtype.is_floating_point:
             torch.testing.assert_close(wb[k], v, rtol=1e-4, atol=1e-6, msg=k)
     # ... and four steps moved the weights far more than that: the test can tell them apart.
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     torch.manual_seed(0)
     w0 = build_model(store.read_job(one)["config"], 5).state_dict()

@@ -28,7 +28,7 @@ def encode_plain(gt, anchor, w):
 
 
 def test_retinanet_box_coder_weights_key_scales_targets_and_decoding():
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     anchor, gt = [0.0, 0.0, 32.0, 32.0], [4.0, 2.0, 40.0, 30.0]
     for weights, override in (((1.0, 1.0, 1.0, 1.0), []), ((10.0, 10.0, 5.0, 5.0), ["+model.box_coder_weights=[10,10,5,5]"])):
@@ -122,8 +122,8 @@ def test_table3_paper_sweep_expands_with_data_and_weights_and_refuses_without(mo
 
 
 def test_multi_scale_training_draws_the_shorter_side_and_tests_at_min_size():
-    from bbrctl.detection.backbones import train_min_sizes
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.backbones import train_min_sizes
+    from bbrctl.detection.models.build import build_model
 
     assert train_min_sizes({"min_size": 800, "min_size_train": [640, 800]}) == tuple(range(640, 801))
     assert train_min_sizes({"min_size": 800}) == 800
@@ -143,7 +143,7 @@ def test_multi_scale_training_draws_the_shorter_side_and_tests_at_min_size():
 def test_dense_inference_thresholds_the_class_probability_and_ranks_by_sqrt_cls_times_quality():
     """sfzhang15/ATSS and kkhoot/PAA inference.py: candidate_inds = sigmoid(cls) > thresh, then
     the top-n by sqrt(cls x quality). Fixed head outputs: one anchor per level is the same box."""
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     cfg = to_container(compose(["model=paa", *MICRO, "model.topk_candidates=1", "model.score_voting=false"]))
     m = build_model(cfg, 2).eval()

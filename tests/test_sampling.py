@@ -1,4 +1,4 @@
-"""Aspect-ratio grouped batching (bbrctl.detection.sampling): single-group batches, the same
+"""Aspect-ratio grouped batching (bbrctl.detection.data.sampling): single-group batches, the same
 stream as TrainSampler with one group, exact resume, DDP shards, nothing dropped; and a
 grouped training run that resumes to bitwise the same weights."""
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bbrctl.detection import data as D
-from bbrctl.detection import sampling as S
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.data import datasets as D
+from bbrctl.detection.data import sampling as S
+from bbrctl.detection.train.checkpoint import load_checkpoint
 
 
 def take(it, n):
@@ -113,7 +113,7 @@ def test_grouped_training_resumes_bitwise_and_loads_with_workers(tmp_path):
     import torch
 
     from bbrctl.config import compose, to_container
-    from bbrctl.detection import engine
+    from bbrctl.detection.train import engine
 
     cfg = to_container(compose(MIXED))
     D.ensure_dataset(cfg["data"])

@@ -21,7 +21,7 @@ import pytest
 from helpers import wait_until
 
 from bbrctl import store
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.train.checkpoint import load_checkpoint
 from bbrctl.launch import slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

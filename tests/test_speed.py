@@ -1,4 +1,4 @@
-"""CPU speed settings (bbrctl.detection.speed, backbone stems, image cache): what each keeps.
+"""CPU speed settings (bbrctl.detection.train.speed, backbone stems, image cache): what each keeps.
 
 The no-op resize skip and the image cache must change no number; channels_last and the
 NCHW GroupNorm only the float rounding; bf16 autocast must leave losses and detections in
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bbrctl.config import compose, to_container
-from bbrctl.detection import speed
+from bbrctl.detection.train import speed
 from bbrctl.errors import UserError
 
 torch.set_num_threads(1)
@@ -40,7 +40,7 @@ def batch(n=2, size=64, seed=0):
 
 
 def build(c, seed=0, install_loss=True):
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.build import build_model
 
     torch.manual_seed(seed)
     return build_model(c, 3, install_loss=install_loss)
@@ -134,7 +134,7 @@ def test_bf16_autocast_keeps_losses_and_detections_in_float32(model):
     extra = SMALL.get(model, ["model.head_convs=1"])
     c = cfg(f"model={model}", "model.min_size=64", "model.max_size=64", *extra)
     m = speed.fp32_outputs(speed.use_channels_last(build(c, install_loss=False)))
-    from bbrctl.detection.heads import install_bbr_loss
+    from bbrctl.detection.models.heads import install_bbr_loss
 
     install_bbr_loss(m, "focal_eiou", {"gamma": 0.5}, 2.5)
     images, targets = batch()
@@ -165,7 +165,7 @@ def test_train_config_rejects_bad_cpu_settings():
 
 @pytest.mark.parametrize("stem", ["pool", "stride4", "conv3x2"])
 def test_stems_give_layer1_a_stride_4_input(stem):
-    from bbrctl.detection.backbones import build_resnet
+    from bbrctl.detection.models.backbones import build_resnet
 
     b = {**cfg()["backbone"], "stem": stem}
     net = build_resnet(b, "batch")
@@ -175,7 +175,7 @@ def test_stems_give_layer1_a_stride_4_input(stem):
 
 
 def test_bad_stem_is_one_line_user_error():
-    from bbrctl.detection.models import check_model_config
+    from bbrctl.detection.models.build import check_model_config
 
     c = cfg()
     c["backbone"]["stem"] = "patchify"
@@ -187,7 +187,7 @@ def test_bad_stem_is_one_line_user_error():
 
 
 def test_image_cache_returns_the_same_items_and_reads_each_file_once(tmp_path):
-    from bbrctl.detection.data import build_dataset, ensure_dataset
+    from bbrctl.detection.data.datasets import build_dataset, ensure_dataset
 
     c = cfg()
     ensure_dataset(c["data"])

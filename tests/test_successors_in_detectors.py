@@ -28,7 +28,7 @@ def _prepare(run_dir: Path) -> dict:
 
 
 def _train(cfg: dict, run_dir: Path) -> None:
-    from bbrctl.detection import engine
+    from bbrctl.detection.train import engine
 
     torch.set_num_threads(1)
     engine.run(cfg, run_dir, engine.Dist(), progress=False)
@@ -36,7 +36,7 @@ def _train(cfg: dict, run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_wiou_running_mean_is_checkpointed_and_resumed_exactly(tmp_path):
-    from bbrctl.detection.checkpoint import load_checkpoint
+    from bbrctl.detection.train.checkpoint import load_checkpoint
 
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     cfg = _prepare(full)
@@ -138,8 +138,8 @@ def test_mpdiou_gets_each_pairs_own_input_image_size(model):
     """Two images of different aspect ratios: after the transform they differ in size; every
     pair the loss sees carries the size of the image its target box belongs to."""
     from bbrctl.config import compose, to_container
-    from bbrctl.detection.heads import bbr_losses
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.heads import bbr_losses
+    from bbrctl.detection.models.build import build_model
 
     cfg = to_container(compose([f"model={model}", "loss=mpdiou", "backbone=resnet_tiny",
                                 "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32",
@@ -188,8 +188,8 @@ def test_mpdiou_as_an_assignment_or_matching_cost_is_refused_before_anything_run
 def test_every_successor_trains_a_detector_step(loss):
     """loss=<name> through the config: installed, finite, and its gradient reaches the head."""
     from bbrctl.config import compose, to_container
-    from bbrctl.detection.heads import bbr_losses
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.models.heads import bbr_losses
+    from bbrctl.detection.models.build import build_model
 
     cfg = to_container(compose(["model=retinanet", f"loss={loss}", "backbone=resnet_tiny",
                                 "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32",

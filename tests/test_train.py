@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bbrctl import store
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.train.checkpoint import load_checkpoint
 
 TINY = ["data=shapes_tiny", "schedule=smoke", "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]",
         "backbone.fpn_channels=32"]
@@ -177,7 +177,7 @@ def test_a_bad_prepared_config_is_recorded_as_failed(tmp_path, capsys):
 
 
 def test_learning_rate_schedule():
-    from bbrctl.detection.engine import lr_factor, scaled_lr
+    from bbrctl.detection.train.engine import lr_factor, scaled_lr
 
     s = {"base_lr": 0.01, "batch_size": 4, "base_batch_size": 16, "warmup_iters": 100, "warmup_factor": 0.001,
          "steps": [50000, 70000, 80000], "gamma": 0.1}
@@ -204,7 +204,7 @@ def test_shipped_schedules_are_valid_and_paper_90k_is_the_papers():
 
 
 def test_wandb_mode_resolution(monkeypatch, tmp_path):
-    from bbrctl.detection import wandb_run as ws
+    from bbrctl.detection.tracking import wandb_run as ws
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
@@ -224,7 +224,7 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_offline_wandb_run_is_named_after_the_run_dir(tmp_path, capsys, monkeypatch):
-    from bbrctl.detection.wandb_run import run_id
+    from bbrctl.detection.tracking.wandb_run import run_id
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -253,7 +253,7 @@ def test_backbone_lr_factor_builds_two_param_groups(optimizer):
     # Schema-valid with every optimizer: SGD's fused-kernel check once read param groups as tensors.
     import torch
 
-    from bbrctl.detection.engine import build_optimizer
+    from bbrctl.detection.train.engine import build_optimizer
 
     model = torch.nn.Module()
     model.backbone = torch.nn.Module()

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from bbrctl import store
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.train.checkpoint import load_checkpoint
 
 DDP = ["model=faster_rcnn", "loss=focal_eiou", "model.loss_in_rpn=true", "data=shapes_tiny", "schedule=smoke",
        "backbone=resnet_tiny", "backbone.widths=[8,16,32,64]", "backbone.fpn_channels=32", "model.box_head_dim=32",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bbrctl import store
-from bbrctl.detection.checkpoint import load_checkpoint
+from bbrctl.detection.train.checkpoint import load_checkpoint
 
 OVERRIDES = ["model=faster_rcnn", "loss=giou", "model.loss_in_rpn=true", "data=shapes_tiny", "schedule=smoke",
              "schedule.max_iter=14", "schedule.checkpoint_period=4", "schedule.log_period=1", "schedule.steps=[10]",
@@ -74,7 +74,7 @@ def train_losses(run_dir: Path) -> dict[int, dict]:
 
 
 def final_weights(run_dir: Path) -> dict:
-    from bbrctl.detection.checkpoint import load_checkpoint
+    from bbrctl.detection.train.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir / store.CHECKPOINTS / "last.pt")["model"]
 

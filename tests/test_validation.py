@@ -241,7 +241,7 @@ def test_missing_weights_and_data_are_refused_for_local_jobs(tmp_path, monkeypat
 
 
 def test_read_categories_finds_the_array_without_a_full_parse(tmp_path):
-    from bbrctl.detection.data import read_categories
+    from bbrctl.detection.data.datasets import read_categories
 
     p = tmp_path / "a.json"
     cats = [{"id": 7, "name": "x", "supercategory": "categories"}]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from wandb_offline import Segment, segments
 
-from bbrctl.detection import wandb_run as ws
+from bbrctl.detection.tracking import wandb_run as ws
 
 
 def _offline(monkeypatch, wandb_dir: Path | None = None):
@@ -378,7 +378,7 @@ def test_draw_grid_draws_detections_above_the_threshold_in_their_class_colour():
     import numpy as np
     from matplotlib import colormaps
 
-    from bbrctl.detection.pictures import Panel, draw_grid, wrap
+    from bbrctl.detection.tracking.pictures import Panel, draw_grid, wrap
 
     image = np.full((100, 100, 3), 128, dtype=np.uint8)
     gt = np.array([[10.0, 10.0, 60.0, 60.0]])

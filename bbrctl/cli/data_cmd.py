@@ -41,8 +41,8 @@ def synth_command(
     parameter set; a complete copy is reused. Example: bbrctl data synth data=shapes_tiny
     """
     from bbrctl.config.schema import SYNTHETIC_DATA
-    from bbrctl.detection import data as D
-    from bbrctl.detection import synth
+    from bbrctl.detection.data import datasets as D
+    from bbrctl.detection.data import synth
 
     data_cfg = _data_cfg(overrides, config_dir)
     if not D.is_synthetic(data_cfg):
@@ -71,7 +71,7 @@ def check_command(
     size are dropped and counted, as the COCO protocol does.
     Example: bbrctl data check data=coco data.root=/datasets/coco
     """
-    from bbrctl.detection import data as D
+    from bbrctl.detection.data import datasets as D
 
     data_cfg = _data_cfg(overrides, config_dir)
     report = D.check_dataset(data_cfg, read_images=not no_images)

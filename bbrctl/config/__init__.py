@@ -8,33 +8,14 @@ Modules::
     schema.py      the schema of every group and key, cross-field rules: validate()
     signature.py   what identifies an experiment: signature(), legacy_signature()
 
-Imports nothing heavy: Hydra and OmegaConf are imported inside compose() only, and the names
-below load their module on first access.
+Imports nothing heavy: Hydra and OmegaConf are imported inside compose() only.
 """
 
-import importlib
+from bbrctl.config.compose import compose, hydra_override_error, one_line, reject_sweep, to_container, to_plain, to_yaml
+from bbrctl.config.schema import GROUPS, is_synthetic, validate
+from bbrctl.config.signature import NON_RESULT_KEYS, legacy_signature, result_view, signature
+from bbrctl.config.tree import group_options, is_group, package_config_dir, search_path, user_config_dirs
 
-# Loaded on first access (PEP 562), so that importing one module of this package (the CLI's
-# help imports ``bbrctl.config.tree`` for the preset list) does not import the schema and
-# the composer too.
-_LAZY = {
-    **dict.fromkeys(("compose", "hydra_override_error", "one_line", "reject_sweep", "to_container", "to_plain",
-                     "to_yaml"), "compose"),
-    **dict.fromkeys(("GROUPS", "is_synthetic", "validate"), "schema"),
-    **dict.fromkeys(("NON_RESULT_KEYS", "legacy_signature", "result_view", "signature"), "signature"),
-    **dict.fromkeys(("group_options", "is_group", "package_config_dir", "search_path", "user_config_dirs"), "tree"),
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"bbrctl.config.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bbrctl.config' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = ["compose", "hydra_override_error", "one_line", "reject_sweep", "to_container", "to_plain", "to_yaml", "GROUPS", "is_synthetic",
+           "validate", "NON_RESULT_KEYS", "legacy_signature", "result_view", "signature", "group_options", "is_group",
+           "package_config_dir", "search_path", "user_config_dirs"]

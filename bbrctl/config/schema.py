@@ -33,12 +33,12 @@ from bbrctl.errors import UserError
 INV_E = 1.0 / math.e
 STOCK_WEIGHT = "stock"    # weight=stock: a loss at the detector's own box-loss weight
 
-# Data sets that bbrctl generates (bbrctl/detection/synth.py); every other data.name is a
+# Data sets that bbrctl generates (bbrctl/detection/data/synth.py); every other data.name is a
 # COCO-format dataset read from disk, identified by that name in signatures.
 SYNTHETIC_DATA = ("shapes", "shapes_tiny", "shapes_coco")
 
 MODELS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "atss", "paa", "detr")
-DENSE_MODELS = ("atss", "paa")      # bbrctl's own one-stage detectors (bbrctl.detection.detectors)
+DENSE_MODELS = ("atss", "paa")      # bbrctl's own one-stage detectors (bbrctl.detection.models.detectors)
 NORMS = ("group", "batch", "frozen_bn")
 EXTRA_LEVELS = ("p6p7", "pool", "none")
 LAUNCHERS = ("local", "slurm")
@@ -54,7 +54,7 @@ _PROB = Float(lo=0.0, hi=1.0)
 TOP: Keys = {
     "gamma": Float(lo=0.0, doc="Focal-EIoU's gamma (Eq. 10)"),
     "beta": Float(lo=INV_E, hi=1.0, doc="FocalL1's beta (Eq. 8-9)"),
-    # A number, or "stock": the detector's own box-loss weight (bbrctl.detection.models.box_loss_weight).
+    # A number, or "stock": the detector's own box-loss weight (bbrctl.detection.models.build.box_loss_weight).
     "weight": AnyOf(options=(Float(lo=0.0), Choice(values=(STOCK_WEIGHT,))),
                     what="a number >= 0 or 'stock' (the detector's own box-loss weight)"),
     "seed": Int(lo=0, hi=2 ** 31 - 1),
@@ -194,7 +194,7 @@ _DATA_COMMON: Keys = {
     "name": SAFE_NAME,
     "num_workers": optional(Int(lo=0, hi=256)),
     "anchor_base": Nullable(inner=Float(lo=0.0, lo_open=True), required=False),
-    # Batches grouped by aspect ratio (bbrctl.detection.sampling): -1 off, 0 two groups,
+    # Batches grouped by aspect ratio (bbrctl.detection.data.sampling): -1 off, 0 two groups,
     # k > 0 torchvision's 2k + 2 bins.
     "aspect_ratio_group_factor": optional(Int(lo=-1, hi=8)),
     # Pyramid levels above P5 that the data's objects need (models read it as model.extra_levels).
@@ -436,7 +436,7 @@ def check_model(cfg: Mapping[str, Any]) -> None:
     _check_model(cfg)
 
 
-# The constructor arguments bbrctl passes to torchvision's detectors itself (bbrctl.detection.models);
+# The constructor arguments bbrctl passes to torchvision's detectors itself (bbrctl.detection.models.build);
 # model.kwargs adds others, and one of these given twice would fail the job at build time.
 _BUILT_ARGS = ("backbone", "num_classes", "min_size", "max_size", "anchor_generator", "head", "score_thresh",
                "nms_thresh", "detections_per_img", "topk_candidates")

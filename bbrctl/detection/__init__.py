@@ -1,14 +1,21 @@
-"""Detection experiments: data, models, training loop, COCO evaluation.
+"""Detection experiments: data, models, the training loop, COCO evaluation, tracking.
 
-Modules (import the one you need; this package imports nothing heavy)::
+Subpackages, each one job (import the module you need; none of them imports anything heavy
+at package import)::
 
-    synth.py       the synthetic "shapes" dataset: deterministic generator and cache (numpy + PIL)
-    data.py        COCO-format data: ensure_dataset, build_dataset, collate, TrainSampler
-    sampling.py    batches grouped by aspect ratio (GroupedTrainSampler), the training sampler a config asks for
-    evaluate.py    COCO evaluation (faster-coco-eval) and model outputs -> COCO results
-    models.py      torchvision detectors on ResNet-FPN backbones
-    heads.py       the configured box-regression loss installed into the detection heads
-    engine.py      the training loop; checkpoint.py its checkpoints; wandb_run.py W&B logging
-    predict.py     a run's model from its checkpoint, and its detections on a few val images
-    speed.py       CPU speed settings: channels_last, bf16 autocast, no-op resize skip
+    data/      COCO-format data (datasets.py), the synthetic "shapes" generator (synth.py),
+               the training samplers (sampling.py)
+    models/    the builders by name (build.py), backbones and DCN (backbones.py, dcn.py), the
+               box-loss hooks in torchvision's heads (heads.py), and the detectors bbrctl
+               assembles itself: ATSS, PAA, DETR (detectors.py, assembled.py, dense.py, atss.py,
+               paa.py, detr.py)
+    train/     one run (engine.py), the loop and its hooks (loop.py, hooks.py), checkpoints
+               (checkpoint.py), the CPU speed settings (speed.py)
+    eval/      COCO evaluation (coco.py), a run's detections on a few images (predict.py)
+    tracking/  Weights & Biases logging of a run (wandb_run.py), pictures of detections (pictures.py)
+
+Imports point down this list's reverse: models and data know nothing of train, eval or
+tracking; train uses data, models and eval; tracking uses eval and train's checkpoints.
+The job entry points around them (one run in its directory, a re-evaluation) are
+``bbrctl.train`` and ``bbrctl.evaluation``.
 """

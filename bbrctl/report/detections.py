@@ -5,11 +5,11 @@
 One row per val image, one column per run; each panel shows the image, its ground-truth
 boxes (dashed white on black) and the run's detections above ``score_threshold`` (solid, one
 colour per class, "class score" on top), at most ``max_boxes`` per panel, highest
-scores first. The images are picked by :func:`bbrctl.detection.predict.pick_images`
+scores first. The images are picked by :func:`bbrctl.detection.eval.predict.pick_images`
 (evenly over the val images with objects), so every run is shown the same pictures.
 
-:func:`bbrctl.detection.pictures.draw_grid` is the drawing itself; the W&B image panel
-of a training run (bbrctl.detection.wandb_run) calls it too, with one run's images laid
+:func:`bbrctl.detection.tracking.pictures.draw_grid` is the drawing itself; the W&B image panel
+of a training run (bbrctl.detection.tracking.wandb_run) calls it too, with one run's images laid
 out in a grid. :func:`detections_figure` runs inference (torch, imported only there) from
 each run's last checkpoint.
 """
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from bbrctl.detection.pictures import DEFAULT_SCORE_THRESHOLD, Panel, draw_grid
+from bbrctl.detection.tracking.pictures import DEFAULT_SCORE_THRESHOLD, Panel, draw_grid
 from bbrctl.errors import UserError
 
 DEFAULT_IMAGES = 4
@@ -72,8 +72,8 @@ def detections_figure(run_dirs: Sequence[str | os.PathLike], *, images: int = DE
         raise UserError(f"--device {device!r} is not valid; valid: cpu, cuda")
     import torch
 
-    from bbrctl.detection import predict as P
-    from bbrctl.detection.data import split_paths
+    from bbrctl.detection.eval import predict as P
+    from bbrctl.detection.data.datasets import split_paths
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but torch sees no CUDA device")

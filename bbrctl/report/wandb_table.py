@@ -45,7 +45,7 @@ def trace_cells(run_dirs: Sequence[str], runs_by_dir: dict) -> list[str]:
     ``runs_by_dir``: {str(run dir): bbrctl.report.collect.Run}. A run that never logged
     to W&B shows "-" in the ids column.
     """
-    from bbrctl.detection.wandb_run import run_id
+    from bbrctl.detection.tracking.wandb_run import run_id
 
     sigs, ids, seeds = [], [], []
     for d in run_dirs:

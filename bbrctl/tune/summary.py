@@ -162,7 +162,7 @@ def log_wandb(study_dir: Path, d: dict, images: list[Path], out_dir: Path) -> di
     """One W&B run for the study (bbrctl.report.wandb_table.log_report, group = the study's name):
     the trials table with each trial's own W&B run id (from its run directory), the plots and
     the Markdown. Mode and project come from the trials' ``wandb`` config, offline without an account."""
-    from bbrctl.detection.wandb_run import run_id
+    from bbrctl.detection.tracking.wandb_run import run_id
     from bbrctl.report.wandb_table import log_report
     from bbrctl.store import read_job
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import boxes as box_ops
 
-from bbrctl.detection.assembled import AssembledDetector
+from bbrctl.detection.models.assembled import AssembledDetector
 
 DELTA_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # 1 / stds (0.1, 0.1, 0.2, 0.2)
 

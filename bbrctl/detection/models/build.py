@@ -1,11 +1,11 @@
 """Detector builders: torchvision RetinaNet, FCOS, Faster and Mask R-CNN on ResNet-FPN.
 
-The backbones (ResNet trunks, FPNs) and anchor sizes are in bbrctl.detection.backbones.
+The backbones (ResNet trunks, FPNs) and anchor sizes are in bbrctl.detection.models.backbones.
 
 ATSS, PAA and DETR, which torchvision does not ship, are assembled from its parts in
-``bbrctl.detection.detectors``; ``check_model_config`` and ``build_model`` dispatch there.
+``bbrctl.detection.models.detectors``; ``check_model_config`` and ``build_model`` dispatch there.
 
-The configured BBR loss is installed by :func:`bbrctl.detection.heads.install_bbr_loss`.
+The configured BBR loss is installed by :func:`bbrctl.detection.models.heads.install_bbr_loss`.
 Config validation lives in the schema (bbrctl.config.schema; :func:`check_model_config`
 calls it for builders used directly) and imports no torch.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from bbrctl.detection.backbones import _anchor_generator, build_backbone, norm_layer, train_min_sizes
+from bbrctl.detection.models.backbones import _anchor_generator, build_backbone, norm_layer, train_min_sizes
 from bbrctl.errors import UserError
 
 
@@ -39,15 +39,15 @@ def stock_box_weight(cfg: Mapping[str, Any]) -> float:
     """The detector's own box-loss weight: what ``weight=stock`` gives a configured loss."""
     name = cfg["model"]["name"]
     if name == "atss":
-        from bbrctl.detection.atss import STOCK_GIOU_WEIGHT
+        from bbrctl.detection.models.atss import STOCK_GIOU_WEIGHT
 
         return STOCK_GIOU_WEIGHT
     if name == "paa":
-        from bbrctl.detection.paa import STOCK_GIOU_WEIGHT
+        from bbrctl.detection.models.paa import STOCK_GIOU_WEIGHT
 
         return STOCK_GIOU_WEIGHT
     if name == "detr":
-        from bbrctl.detection.detr import stock_box_weight as detr_weight
+        from bbrctl.detection.models.detr import stock_box_weight as detr_weight
 
         return detr_weight(cfg["model"])
     return TORCHVISION_STOCK_WEIGHT
@@ -77,11 +77,11 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
     m = cfg["model"]
     kind = m["name"]
     if kind in ("atss", "paa", "detr"):
-        from bbrctl.detection import detectors
+        from bbrctl.detection.models import detectors
 
         model = detectors.build(cfg, int(num_classes))
         if install_loss:
-            from bbrctl.detection.heads import install_bbr_loss
+            from bbrctl.detection.models.heads import install_bbr_loss
 
             loss = cfg["loss"]
             install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), box_loss_weight(cfg))
@@ -97,11 +97,11 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, install_loss: bool = T
         model = _fcos(m, backbone, anchors, n_cls, common, extra_kwargs)
     else:
         model = _rcnn(kind, m, cfg["backbone"], backbone, anchors, n_cls, common, extra_kwargs)
-    from bbrctl.detection.speed import skip_identity_resize
+    from bbrctl.detection.train.speed import skip_identity_resize
 
     skip_identity_resize(model)  # exact: a scale-1 resize returns its input
     if install_loss:
-        from bbrctl.detection.heads import install_bbr_loss
+        from bbrctl.detection.models.heads import install_bbr_loss
 
         loss = cfg["loss"]
         install_bbr_loss(model, loss["name"], dict(loss.get("params") or {}), box_loss_weight(cfg),

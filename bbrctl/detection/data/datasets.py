@@ -69,7 +69,7 @@ def is_synthetic(data_cfg: Mapping[str, Any]) -> bool:
 
 def synthetic_dir(data_cfg: Mapping[str, Any]) -> Path:
     """The directory of the configured synthetic dataset: <data.root>/<parameters' name>."""
-    from bbrctl.detection import synth
+    from bbrctl.detection.data import synth
 
     root = data_cfg.get("root")
     if not root:
@@ -102,12 +102,12 @@ def ensure_dataset(data_cfg: Mapping[str, Any], force: bool = False) -> dict | N
 
     Synthetic data (``name: shapes`` / ``shapes_tiny``) is generated into
     :func:`synthetic_dir` unless a complete copy is there (see
-    :func:`bbrctl.detection.synth.ensure_shapes`); returns its manifest. For COCO-format
+    :func:`bbrctl.detection.data.synth.ensure_shapes`); returns its manifest. For COCO-format
     data, checks that both splits' image directories and annotation files exist and
     raises UserError naming the first missing path and the config key that points at it.
     """
     if is_synthetic(data_cfg):
-        from bbrctl.detection import synth
+        from bbrctl.detection.data import synth
 
         spec = synth.ShapesSpec.from_cfg(data_cfg)
         manifest, _ = synth.ensure_shapes(spec, synthetic_dir(data_cfg), force=force)
@@ -129,7 +129,7 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
     set, else the categories of the val annotation file (much smaller than train's).
     """
     if is_synthetic(data_cfg):
-        from bbrctl.detection.synth import CLASSES
+        from bbrctl.detection.data.synth import CLASSES
 
         return len(CLASSES)
     n = data_cfg.get("num_classes")

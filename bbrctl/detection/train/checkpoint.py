@@ -7,7 +7,7 @@ A checkpoint file is an ordinary ``torch.save`` file that holds::
                                            "rng", "elapsed_s", "signature", "loss_state"})}
 
 ``loss_state`` is the state of stateful losses (Wise-IoU's running mean,
-``bbrctl.detection.heads.loss_states``): a list of {"mean": float64 tensor}.
+``bbrctl.detection.models.heads.loss_states``): a list of {"mean": float64 tensor}.
 
 Why this shape:
 

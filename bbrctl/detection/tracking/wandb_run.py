@@ -341,7 +341,7 @@ class WandbSink:
 
     def _model_artifact(self, results: Mapping[str, Any]):
         wandb = extras.require("wandb")
-        from bbrctl.detection.checkpoint import checkpoint_path
+        from bbrctl.detection.train.checkpoint import checkpoint_path
 
         ck = checkpoint_path(self.run_dir)
         if not ck.is_file():
@@ -360,8 +360,8 @@ class WandbSink:
         """The val image grid as a PIL image (drawn by bbrctl.report.detections)."""
         from PIL import Image
 
-        from bbrctl.detection import predict as P
-        from bbrctl.detection.pictures import Panel, draw_grid, wrap
+        from bbrctl.detection.eval import predict as P
+        from bbrctl.detection.tracking.pictures import Panel, draw_grid, wrap
 
         model, cfg = P.load_run_model(self.run_dir, device)
         ds = P.val_dataset(cfg)

@@ -46,7 +46,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
 
 from bbrctl import extras
-from bbrctl.detection.assembled import AssembledDetector
+from bbrctl.detection.models.assembled import AssembledDetector
 
 # What a configured loss replaces in DETR* (model.bbr_replaces): "giou" the GIoU term only,
 # L1 x loss_bbox kept (the default); "giou_l1" both box terms.

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from bbrctl.detection.dense import DenseDetector, batched_box_iou, focal_targets, pad_targets
+from bbrctl.detection.models.dense import DenseDetector, batched_box_iou, focal_targets, pad_targets
 
 STOCK_GIOU_WEIGHT = 2.0
 

@@ -5,7 +5,7 @@ an image, its ground-truth boxes (dashed white on black) and a run's detections 
 ``score_threshold`` (solid, one colour per class, "class score" on top), at most
 ``max_boxes`` per panel, highest scores first. ``bbrctl report --figure detections``
 (bbrctl.report.detections) and the W&B image panel of a training run
-(bbrctl.detection.wandb_run) both draw with it.
+(bbrctl.detection.tracking.wandb_run) both draw with it.
 """
 
 from __future__ import annotations

@@ -380,7 +380,7 @@ def install_bbr_loss(model: torch.nn.Module, loss_name: str, params: Optional[Ma
 
     ``loss_name="baseline"`` keeps each detector's stock regression loss (times
     ``weight``). Returns the same model, modified in place. bbrctl's own detectors (ATSS,
-    PAA, DETR: ``bbrctl.detection.detectors``) take the :class:`BoxRegressionLoss`
+    PAA, DETR: ``bbrctl.detection.models.detectors``) take the :class:`BoxRegressionLoss`
     through their ``install_bbr_loss`` method and apply it by the same rules.
     """
     from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -388,7 +388,7 @@ def install_bbr_loss(model: torch.nn.Module, loss_name: str, params: Optional[Ma
     bbr = None if loss_name == "baseline" else BoxRegressionLoss(loss_name, params, weight)
     _hook_image_sizes(model, bbr)
     own = getattr(model, "install_bbr_loss", None)
-    if own is not None:  # ATSS, PAA, DETR (bbrctl.detection.detectors) apply it themselves
+    if own is not None:  # ATSS, PAA, DETR (bbrctl.detection.models.detectors) apply it themselves
         own(bbr, weight)
         return model
     if isinstance(model, RetinaNet):

@@ -151,7 +151,7 @@ def build_backbone(cfg: Mapping[str, Any]):
     net = build_resnet(b, m.get("norm", "group"))
     if m.get("weights_backbone"):
         load_backbone_weights(net, str(m["weights_backbone"]))
-    from bbrctl.detection.dcn import apply_dcn
+    from bbrctl.detection.models.dcn import apply_dcn
 
     apply_dcn(net, b.get("dcn_stages"))  # after the weights: DCN keeps the plain convs' weights
     freeze_layers(net, int(m.get("trainable_backbone_layers", 5)))

@@ -1,14 +1,14 @@
 """Config checks and builders of the detectors bbrctl implements itself: ATSS, PAA, DETR.
 
-torchvision ships RetinaNet, FCOS and the R-CNNs (``bbrctl.detection.models``); the other
+torchvision ships RetinaNet, FCOS and the R-CNNs (``bbrctl.detection.models.build``); the other
 three detectors of the paper's Table 3 are assembled here from torchvision parts:
 
-* ``atss`` / ``paa`` (``bbrctl.detection.atss`` / ``.paa``): the ResNet-FPN backbone of
+* ``atss`` / ``paa`` (``bbrctl.detection.models.atss`` / ``.paa``): the ResNet-FPN backbone of
   the other one-stage models (P3-P7, ``models.build_backbone``), one square anchor per
   location of side ``anchor_base * octave_base_scale / 4 * 2**level`` (``anchor_base`` is
   the data's hint for RetinaNet's 4 x stride, 32 on COCO: 8 x 8 = 64 px on P3 there), or
-  ``anchor_sizes`` as given; the GroupNorm head of ``bbrctl.detection.dense``;
-* ``detr`` (``bbrctl.detection.detr``): a ResNet trunk (C5) and a transformer.
+  ``anchor_sizes`` as given; the GroupNorm head of ``bbrctl.detection.models.dense``;
+* ``detr`` (``bbrctl.detection.models.detr``): a ResNet trunk (C5) and a transformer.
 
 Their config keys and rules are in the schema (bbrctl.config.schema: ``MODEL["atss"]``,
 ``["paa"]``, ``["detr"]``), checked before a run directory exists; the builders import
@@ -36,8 +36,8 @@ def build(cfg: Mapping[str, Any], num_classes: int):
 def _dense(cfg, num_classes):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    from bbrctl.detection.dense import DenseHead
-    from bbrctl.detection.backbones import anchor_sizes, build_backbone, train_min_sizes
+    from bbrctl.detection.models.dense import DenseHead
+    from bbrctl.detection.models.backbones import anchor_sizes, build_backbone, train_min_sizes
 
     m = cfg["model"]
     backbone = build_backbone(cfg)
@@ -47,7 +47,7 @@ def _dense(cfg, num_classes):
     anchors = AnchorGenerator(tuple((int(round(s)),) for s in sizes), ((1.0,),) * len(sizes))
     head = DenseHead(backbone.out_channels, num_classes, len(sizes), num_convs=int(m.get("head_convs", 4)))
     if m.get("head_dcn"):
-        from bbrctl.detection.dcn import apply_dcn_to_towers
+        from bbrctl.detection.models.dcn import apply_dcn_to_towers
 
         apply_dcn_to_towers([head.cls_tower, head.reg_tower])
     common = dict(min_size=train_min_sizes(m), max_size=int(m["max_size"]),
@@ -55,10 +55,10 @@ def _dense(cfg, num_classes):
                   detections_per_img=int(m.get("detections_per_img", 100)),
                   topk_candidates=int(m.get("topk_candidates", 1000)), topk=int(m.get("topk", 9)))
     if m["name"] == "atss":
-        from bbrctl.detection.atss import ATSS
+        from bbrctl.detection.models.atss import ATSS
 
         return ATSS(backbone, anchors, head, reg_weighting=str(m.get("reg_weighting", "centerness")), **common)
-    from bbrctl.detection.paa import PAA
+    from bbrctl.detection.models.paa import PAA
 
     return PAA(backbone, anchors, head, score_voting=bool(m.get("score_voting", True)),
                loss_in_assignment=bool(m.get("loss_in_assignment", False)),
@@ -67,8 +67,8 @@ def _dense(cfg, num_classes):
 
 def build_trunk(cfg: Mapping[str, Any]):
     """ResNet trunk as ``models.build_backbone`` prepares it (weights, DCN, frozen layers), no FPN."""
-    from bbrctl.detection.dcn import apply_dcn
-    from bbrctl.detection.backbones import build_resnet, freeze_layers, load_backbone_weights
+    from bbrctl.detection.models.dcn import apply_dcn
+    from bbrctl.detection.models.backbones import build_resnet, freeze_layers, load_backbone_weights
 
     m, b = cfg["model"], cfg["backbone"]
     net = build_resnet(b, m.get("norm", "group"))
@@ -80,8 +80,8 @@ def build_trunk(cfg: Mapping[str, Any]):
 
 
 def _detr(cfg, num_classes):
-    from bbrctl.detection.backbones import train_min_sizes
-    from bbrctl.detection.detr import DETR
+    from bbrctl.detection.models.backbones import train_min_sizes
+    from bbrctl.detection.models.detr import DETR
 
     m = cfg["model"]
     trunk = build_trunk(cfg)

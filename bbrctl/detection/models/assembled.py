@@ -6,13 +6,13 @@ the input goes through torchvision's ``GeneralizedRCNNTransform`` (ImageNet mean
 resize to ``min_size``/``max_size``, batch) and detections are mapped back to the
 original sizes.
 
-The loss hook: ``bbrctl.detection.heads.install_bbr_loss`` calls
+The loss hook: ``bbrctl.detection.models.heads.install_bbr_loss`` calls
 ``install_bbr_loss(bbr, weight)``; ``bbr`` is a ``heads.BoxRegressionLoss`` that replaces
 the detector's stock regression term, or None to keep the stock term, scaled by
 ``weight`` (``stock_weight``).
 
 ``prediction_heads()`` lists the modules whose outputs the losses read (see
-``bbrctl.detection.speed.fp32_outputs``).
+``bbrctl.detection.train.speed.fp32_outputs``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class AssembledDetector(nn.Module):
 
     def prediction_heads(self) -> list[nn.Module]:
         """The modules whose outputs the losses and post-processing read: under CPU bf16
-        autocast they are made to return float32 (``bbrctl.detection.speed.fp32_outputs``)."""
+        autocast they are made to return float32 (``bbrctl.detection.train.speed.fp32_outputs``)."""
         raise NotImplementedError
 
     def _transform_input(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]]):

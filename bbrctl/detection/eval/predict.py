@@ -24,9 +24,9 @@ def load_run_model(run_dir: str | os.PathLike, device: str = "cpu"):
     """(model in eval mode on ``device``, the run's config) from a run directory."""
     import torch
 
-    from bbrctl.detection import checkpoint as ckpt
-    from bbrctl.detection.data import ensure_dataset, num_classes
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.train import checkpoint as ckpt
+    from bbrctl.detection.data.datasets import ensure_dataset, num_classes
+    from bbrctl.detection.models.build import build_model
     from bbrctl.store import read_config
 
     run_dir = Path(run_dir)
@@ -48,7 +48,7 @@ def load_run_model(run_dir: str | os.PathLike, device: str = "cpu"):
 
 
 def val_dataset(cfg: Mapping[str, Any]):
-    from bbrctl.detection.data import build_dataset
+    from bbrctl.detection.data.datasets import build_dataset
 
     return build_dataset(cfg["data"], "val")
 

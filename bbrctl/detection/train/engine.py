@@ -1,7 +1,10 @@
-"""The training loop: SGD, warm-up, step decay, AMP, DDP, checkpoints, signals, logging.
+"""One training run: set-up, resume, the loop with its hooks, the final checkpoint and evaluation.
 
 One function, :func:`run`, trains the detector described by a resolved config inside a
-run directory and returns the final metrics. What it guarantees:
+run directory and returns the final metrics. The loop itself is
+bbrctl.detection.train.loop (a step, then the hooks); what a run does around each step
+(metrics, stop requests and signals, checkpoints, periodic evaluation) is
+bbrctl.detection.train.hooks. What it guarantees:
 
 * **Optimisation** (Sec. 5.2): SGD, momentum 0.9, weight decay 1e-4; the learning rate
   ``base_lr * batch_size / base_batch_size`` (linear scaling to the actual global batch),
@@ -32,7 +35,6 @@ run directory and returns the final metrics. What it guarantees:
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -44,14 +46,12 @@ from typing import Any, Callable, Mapping
 import torch
 
 from bbrctl import store
-from bbrctl.detection import checkpoint as ckpt
+from bbrctl.detection.train import checkpoint as ckpt
+from bbrctl.detection.train import hooks as H
+from bbrctl.detection.train.loop import Loop, Requeue, train_loop
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 STATUS_PERIOD_S = 5.0
-
-
-class Requeue(Exception):
-    """Raised after a signal-triggered checkpoint: the job should be requeued (exit 75)."""
 
 
 # --------------------------------------------------------------------------- distributed
@@ -112,9 +112,7 @@ def cleanup_distributed(dist: Dist) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _barrier(dist: Dist) -> None:
-    if dist.distributed:
-        torch.distributed.barrier()
+_barrier = H.barrier
 
 
 # --------------------------------------------------------------------------- signals
@@ -217,8 +215,8 @@ def _to_device(images, targets, device: torch.device):
 
 def train_loader(cfg: Mapping[str, Any], dataset, dist: Dist, start_iter: int):
     """An endless loader of per-rank batches, positioned at ``start_iter``."""
-    from bbrctl.detection.data import collate
-    from bbrctl.detection.sampling import train_sampler
+    from bbrctl.detection.data.datasets import collate
+    from bbrctl.detection.data.sampling import train_sampler
 
     sched, data_cfg = cfg["schedule"], cfg["data"]
     global_bs = int(sched["batch_size"])
@@ -261,8 +259,8 @@ def infer(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist, val_datase
     """Detections of ``model`` on ``val_dataset`` (default: the val split), sharded over the
     ranks (rank r of w takes images r, r + w, ...) and gathered: rank 0 returns the
     CocoEvaluator holding every image's detections, the other ranks None."""
-    from bbrctl.detection.data import EvalSampler, build_dataset, collate, contiguous_to_cat_id
-    from bbrctl.detection.evaluate import CocoEvaluator
+    from bbrctl.detection.data.datasets import EvalSampler, build_dataset, collate, contiguous_to_cat_id
+    from bbrctl.detection.eval.coco import CocoEvaluator
 
     ds = val_dataset if val_dataset is not None else build_dataset(cfg["data"], "val")
     iou_types = ("bbox", "segm") if cfg["model"]["name"] == "mask_rcnn" else ("bbox",)
@@ -297,8 +295,8 @@ def _amp_enabled(cfg: Mapping[str, Any], dist: Dist) -> bool:
 
 
 def cpu_amp_dtype(cfg: Mapping[str, Any], dist: Dist) -> torch.dtype | None:
-    """bf16 when training on the CPU with ``schedule.cpu_amp`` on (see detection/speed.py)."""
-    from bbrctl.detection.speed import cpu_autocast_dtype
+    """bf16 when training on the CPU with ``schedule.cpu_amp`` on (see detection/train/speed.py)."""
+    from bbrctl.detection.train.speed import cpu_autocast_dtype
 
     if dist.device.type != "cpu":
         return None
@@ -315,7 +313,7 @@ def autocast(cfg: Mapping[str, Any], dist: Dist):
 
 def prepare_for_cpu(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist) -> dict:
     """Apply the CPU speed settings to ``model`` in place; return what was used."""
-    from bbrctl.detection import speed
+    from bbrctl.detection.train import speed
 
     if dist.device.type != "cpu":
         return {}
@@ -429,9 +427,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     on rank 0 (metrics and per_category None elsewhere). Raises :class:`Requeue` after a signal-triggered
     checkpoint, FloatingPointError when the loss stops being finite.
     """
-    from bbrctl.detection.data import build_dataset, ensure_dataset, num_classes
-    from bbrctl.detection.heads import load_loss_states, loss_states
-    from bbrctl.detection.models import build_model
+    from bbrctl.detection.data.datasets import build_dataset, ensure_dataset, num_classes
+    from bbrctl.detection.models.build import build_model
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -465,28 +462,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     notes: list[str] = []
     if dist.main:
         ckpt.remove_stale_temps(run_dir)     # train holds the run's lock: no save is under way
-    state = ckpt.load_latest(run_dir, note=notes.append)
-    start, elapsed_before = 0, 0.0
-    if state is not None:
-        job = store.read_job(run_dir) or {}
-        accepted = {None, signature, job.get("signature"), *(job.get("previous_signatures") or [])}
-        if signature and state.get("signature") not in accepted:
-            raise RuntimeError(f"{ckpt.checkpoint_path(run_dir)} belongs to another config (signature "
-                               f"{state.get('signature')}, this run is {signature}); move it away to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and amp:
-            scaler.load_state_dict(state["scaler"])
-        if "loss_state" in state:   # Wise-IoU's running mean (heads.loss_states)
-            load_loss_states(model, state["loss_state"])
-        start = int(state["iteration"])
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        rng = state.get("rng") or []
-        if len(rng) == dist.world_size:
-            ckpt.set_rng_state(rng[dist.rank])
-    elif dist.rank > 0:
-        torch.manual_seed(seed + 1_000_003 * dist.rank)
-    del state
+    start, elapsed_before = _resume(run_dir, model, optimizer, scaler if amp else None, dist, signature, seed,
+                                    notes)
 
     if dist.main:
         _truncate_metrics(run_dir, start)
@@ -500,126 +477,41 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
     for msg in notes:
         reporter.log(msg)
     log_period = max(1, int(sched.get("log_period", 20)))
-    clip = sched.get("clip_grad_norm")
-    params = [p for p in model.parameters() if p.requires_grad]
     global_bs = int(sched["batch_size"])
-    timing = {"train_s": 0.0, "eval_s": 0.0, "train_images": 0, **cpu_settings}
-
-    def save(iteration: int) -> None:
-        # Logged iterations reach metrics.jsonl before the checkpoint that covers them: a
-        # kill after the save never loses them (the resumed run does not redo them).
-        flush()
-        rngs = [ckpt.rng_state()]
-        if dist.distributed:
-            rngs = [None] * dist.world_size
-            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
-        if dist.main:
-            ckpt.save_checkpoint(ckpt.checkpoint_path(run_dir), {
-                "iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if amp else None, "rng": rngs,
-                "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-                "signature": signature, "loss_state": loss_states(model),
-            })
-            if on_checkpoint is not None:
-                on_checkpoint(iteration)
-        _barrier(dist)
-
-    pending: list[tuple[int, float, torch.Tensor, float, float]] = []
-    names: list[str] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        stacked = torch.stack([p[2] for p in pending])
-        if dist.distributed:
-            torch.distributed.all_reduce(stacked)
-            stacked /= dist.world_size
-        values = stacked.tolist()  # the one host sync per log period
-        records = []
-        for (it, lr, _, dt, data_t), vals in zip(pending, values):
-            rec = {"iteration": it, "lr": lr, "time": dt, "data_time": data_t, "loss": sum(vals)}
-            rec.update(zip(names, vals))
-            records.append(rec)
-        pending.clear()
-        bad = [r for r in records if not math.isfinite(r["loss"])]
-        reporter.records(records)
-        if bad:
-            r = bad[0]
-            terms = ", ".join(f"{k}={r[k]}" for k in names)
-            raise FloatingPointError(f"the training loss became non-finite at iteration {r['iteration']} ({terms}); "
-                                     "lower schedule.base_lr or set schedule.clip_grad_norm")
+    loop = Loop(cfg=cfg, dist=dist, run_dir=run_dir, model=model, net=net, optimizer=optimizer, scaler=scaler,
+                reporter=reporter, lr_at=lambda i: base_lr * lr_factor(i, sched),
+                autocast=lambda: autocast(cfg, dist), to_device=lambda im, tg: _to_device(im, tg, dist.device),
+                max_iter=max_iter, start=start, clip=sched.get("clip_grad_norm"),
+                params=[p for p in model.parameters() if p.requires_grad],
+                timing={"train_s": 0.0, "eval_s": 0.0, "train_images": 0, **cpu_settings})
+    metrics_hook = H.Metrics(log_period)
+    checkpoints = H.Checkpoints(int(sched.get("checkpoint_period", 1000) or max_iter), metrics_hook, amp=amp,
+                                signature=signature, elapsed_before=elapsed_before, t_start=t_start,
+                                on_checkpoint=on_checkpoint)
 
     reporter.log(f"{'resuming at' if start else 'starting'} iteration {start}/{max_iter} on {dist.device} "
                  f"(world size {dist.world_size}, batch {global_bs}, lr {base_lr:g}, amp {amp}"
                  + "".join(f", {k} {v}" for k, v in cpu_settings.items()) + ")")
     reporter.status(start, force=True)
     model.train()
-    it = start
+    timing = loop.timing
     try:
-        stop_file = Path(run_dir) / store.STOP_REQUEST
         with StopFlag() as stop:
             if start < max_iter:
-                loader = iter(train_loader(cfg, train_ds, dist, start))
-                t_loop = time.perf_counter()
-                for it in range(start, max_iter):
-                    t0 = time.perf_counter()
-                    images, targets = next(loader)
-                    images, targets = _to_device(images, targets, dist.device)
-                    t1 = time.perf_counter()
-                    lr = base_lr * lr_factor(it, sched)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr * g.get("lr_scale", 1.0)
-                    with autocast(cfg, dist):
-                        loss_dict = net(images, targets)
-                    if not names:
-                        names = list(loss_dict)
-                    losses = sum(loss_dict[k].float() for k in names)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(losses).backward()
-                    if clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, float(clip))
-                    scaler.step(optimizer)
-                    scaler.update()
-                    done = it + 1
-                    pending.append((done, lr, torch.stack([loss_dict[k].detach().float() for k in names]),
-                                    time.perf_counter() - t0, t1 - t0))
-                    reporter.advance(done)
-                    # A stop request file (a pruned `bbrctl tune` trial) takes the signal's path:
-                    # checkpoint, status "requeued", exit 75. Looked for once per logged iteration.
-                    want_stop = stop.set or (done % log_period == 0 and stop_file.exists())
-                    if done % log_period == 0 or done == max_iter or (want_stop and not dist.distributed):
-                        flush()
-                        if dist.distributed:
-                            want_stop = _any_rank(want_stop, dist)
-                        reporter.status(done)
-                    if want_stop and (not dist.distributed or done % log_period == 0):
-                        save(done)
-                        timing["train_s"] += time.perf_counter() - t_loop
-                        reporter.status(done, force=True, state="requeued")
-                        why = f"signal {stop.signum}" if stop.set else f"{store.STOP_REQUEST}"
-                        reporter.log(f"stopped by {why} after iteration {done}; checkpoint saved")
-                        raise Requeue(done)
-                    if done % int(sched.get("checkpoint_period", 1000) or max_iter) == 0 and done < max_iter:
-                        save(done)
-                    eval_period = int(sched.get("eval_period", 0) or 0)
-                    if eval_period and done % eval_period == 0 and done < max_iter:
-                        t_eval = time.perf_counter()
-                        metrics = evaluate(model, cfg, dist)
-                        timing["eval_s"] += time.perf_counter() - t_eval
-                        _log_eval(reporter, run_dir, done, metrics)
-                flush()
-                timing["train_s"] += time.perf_counter() - t_loop
+                hooks = [metrics_hook, H.Stop(stop, metrics_hook, checkpoints, log_period), checkpoints,
+                         H.Evaluation(int(sched.get("eval_period", 0) or 0), lambda _: evaluate(model, cfg, dist))]
+                train_loop(loop, iter(train_loader(cfg, train_ds, dist, start)), hooks)
+                metrics_hook.flush(loop)
+                timing["train_s"] += time.perf_counter() - loop.t_loop
                 timing["train_images"] = (max_iter - start) * global_bs
-                save(max_iter)
-            it = max_iter
+                checkpoints.save(loop, max_iter)
             reporter.status(max_iter, force=True, phase="evaluating")
             reporter.log("evaluating on the val split")
             t_eval = time.perf_counter()
             final: dict = {}
             metrics = evaluate(model, cfg, dist, details=final)
             timing["eval_s"] += time.perf_counter() - t_eval
-            _log_eval(reporter, run_dir, max_iter, metrics)
+            H.log_eval(reporter, run_dir, max_iter, metrics)
             # Ranks > 0 wait here while rank 0 computes the metrics: one that tore its
             # process group down meanwhile sometimes aborted in gloo's destructor
             # ("terminate called without an active exception", exit -6), failing the run.
@@ -628,8 +520,39 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, dist: Dist, *, progr
         reporter.close()
     if timing["train_s"] > 0:
         timing["images_per_s"] = timing["train_images"] / timing["train_s"]
-    return {"metrics": metrics, "iteration": it, "max_iter": max_iter, "per_category": final.get("per_category"),
+    return {"metrics": metrics, "iteration": max_iter, "max_iter": max_iter, "per_category": final.get("per_category"),
             "wall_time_s": elapsed_before + (time.perf_counter() - t_start), "timing": timing}
+
+
+def _resume(run_dir: Path, model, optimizer, scaler, dist: Dist, signature: str | None, seed: int,
+            notes: list[str]) -> tuple[int, float]:
+    """Load the latest checkpoint of the run, if any, into the model, the optimiser, the AMP
+    scaler (None: AMP off) and the RNG; return (start iteration, seconds trained before)."""
+    from bbrctl.detection.models.heads import load_loss_states
+
+    state = ckpt.load_latest(run_dir, note=notes.append)
+    start, elapsed_before = 0, 0.0
+    if state is not None:
+        job = store.read_job(run_dir) or {}
+        accepted = {None, signature, job.get("signature"), *(job.get("previous_signatures") or [])}
+        if signature and state.get("signature") not in accepted:
+            raise RuntimeError(f"{ckpt.checkpoint_path(run_dir)} belongs to another config (signature "
+                               f"{state.get('signature')}, this run is {signature}); move it away to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        if "loss_state" in state:   # Wise-IoU's running mean (heads.loss_states)
+            load_loss_states(model, state["loss_state"])
+        start = int(state["iteration"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        rng = state.get("rng") or []
+        if len(rng) == dist.world_size:
+            ckpt.set_rng_state(rng[dist.rank])
+    elif dist.rank > 0:
+        torch.manual_seed(seed + 1_000_003 * dist.rank)
+    del state
+    return start, elapsed_before
 
 
 def _truncate_metrics(run_dir: Path, iteration: int) -> None:
@@ -652,19 +575,3 @@ def _truncate_metrics(run_dir: Path, iteration: int) -> None:
             if isinstance(it, int) and not isinstance(it, bool) and 0 <= it <= iteration:
                 keep.append(line if line.endswith("\n") else line + "\n")
     store.atomic_write_text(path, "".join(keep))
-
-
-def _any_rank(flag: bool, dist: Dist) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _log_eval(reporter: Reporter, run_dir: Path, iteration: int, metrics: dict | None) -> None:
-    if not reporter.main or metrics is None:
-        return
-    store.append_jsonl(run_dir / store.METRICS, {"iteration": iteration, "eval": metrics})
-    for iou_type, vals in metrics.items():
-        reporter.log(f"{iou_type} @ {iteration}: " + " ".join(f"{k} {v:.2f}" for k, v in vals.items()))
-    if reporter.wandb is not None:
-        reporter.wandb.log({f"eval/{t}/{k}": v for t, vals in metrics.items() for k, v in vals.items()}, step=iteration)

@@ -80,7 +80,7 @@ class GroupedTrainSampler:
 
     def __init__(self, groups: Sequence[int], batch_size: int, seed: int = 0, *, hflip_prob: float = 0.5,
                  start: int = 0, rank: int = 0, world_size: int = 1):
-        from bbrctl.detection.data import TrainSampler
+        from bbrctl.detection.data.datasets import TrainSampler
 
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(f"the global batch {batch_size} must be a positive multiple of the world size {world_size}")
@@ -118,7 +118,7 @@ class GroupedTrainSampler:
 def train_sampler(data_cfg: Mapping[str, Any], dataset, *, batch_size: int, seed: int, hflip_prob: float,
                   start: int, rank: int, world_size: int):
     """The training sampler ``data_cfg`` asks for: grouped by aspect ratio, or TrainSampler."""
-    from bbrctl.detection.data import TrainSampler
+    from bbrctl.detection.data.datasets import TrainSampler
 
     factor = data_cfg.get("aspect_ratio_group_factor")
     factor = OFF if factor is None else int(factor)

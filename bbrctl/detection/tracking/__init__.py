@@ -1,0 +1,1 @@
+"""Tracking a run: Weights & Biases logging (wandb_run.py), pictures of detections (pictures.py)."""
