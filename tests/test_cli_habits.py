@@ -61,3 +61,13 @@ def test_sweep_help_lists_the_preset_files_and_quotes_its_examples(capsys):
     # As typed at a bash prompt, the examples parse (unquoted range(0,3) is a syntax error).
     assert subprocess.run(["bash", "-n", "-c", f"bbrctl sweep {example}"]).returncode == 0
     assert subprocess.run(["bash", "-n", "-c", "bbrctl sweep seed=range(0,3)"], capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("sweep", "runs/<name>/"), ("tune", "runs/<name>/"), ("report", "reports/<name>.<ext>"),
+    ("eval", "<data.name>-<split>[-<hash>]"), ("simulate", "<setupN>-<signature>or<figureN>-<signature>in<runsroot>/simulate/"),
+])
+def test_placeholders_in_help_survive_the_markdown_rendering(capsys, command, shown):
+    # Typer's markdown mode reads a bare <name> as an HTML tag and drops it ("runs//").
+    code, out = run(capsys, command, "--help")
+    assert code == 0 and shown in "".join(out.out.replace("│", "").split()), out.out

@@ -4,6 +4,8 @@ rounds, retries, resume and report can be checked in a second; one test trains f
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -78,6 +80,13 @@ def test_decides_stops_and_report_says_how(tmp_path, monkeypatch):
     row = next(r for r in json.loads(report_table("1", runs=tmp_path, out="-", fmt="json").text)["rows"]
                if r["id"] == "focal_eiou" and r["source"] == "ours")
     assert row["delta"]["sequential"]["state"] == "decided"
+    # CSV carries the rule's reading beside the plain paired interval
+    lines = list(csv.DictReader(io.StringIO(report_table("1", runs=tmp_path, out="-", fmt="csv").text)))
+    fe = next(r for r in lines if r["Method"] == "Focal-EIOU" and r["source"] == "ours")
+    assert fe["delta_AP_sequential_state"] == "decided" and int(fe["delta_AP_sequential_seeds"]) == n
+    assert float(fe["delta_AP_rci_low"]) == pytest.approx(lk.low) and float(fe["delta_AP_rci_high"]) == pytest.approx(lk.high)
+    base = next(r for r in lines if r["Method"] == "Baseline" and r["source"] == "ours")
+    assert base["delta_AP_sequential_state"] == "" and base["delta_AP_rci_low"] == ""
 
     # Run again: nothing is trained, the verdict stands.
     again = rounds.run_until_decided(BASE, runs_root=tmp_path, echo=lambda m: None)

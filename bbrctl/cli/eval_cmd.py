@@ -17,7 +17,7 @@ def eval_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="PATH",
                                               help="Weights to evaluate (default: DIR/checkpoints/last.pt)."),
     split: str = typer.Option("val", "--split", help="val | train: which split of the data to evaluate on."),
-    name: Optional[str] = typer.Option(None, "--name", help="Write DIR/evals/NAME.json (default: <data.name>-<split>[-<hash>])."),
+    name: Optional[str] = typer.Option(None, "--name", help="Write DIR/evals/NAME.json (default: \\<data.name>-\\<split>[-\\<hash>])."),
     config_dir: Optional[List[str]] = ConfigDirOpt,
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available) | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the written record as JSON."),

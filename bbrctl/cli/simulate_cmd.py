@@ -32,7 +32,7 @@ def simulate_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads \\[default: torch's, less the cores the load average says are busy]."),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="Figure 1 anchor x,y,w,h relative to the 1×1 target at the origin \\[default: 4,2,1,2.4]."),
     quantile_every: int = typer.Option(5, "--quantile-every", help="Record exact IoU quantiles every k iterations (plus the box-plot ones)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory \\[default: <runs root>/simulate/<setupN|figureN>-<signature>]."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory \\[default: \\<setupN>-\\<signature> or \\<figureN>-\\<signature> in \\<runs root>/simulate/]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory (only one bbrctl simulate wrote)."),
     runs_root: Optional[str] = RunsRootOpt,
     no_plots: bool = typer.Option(False, "--no-plots", help="Write the CSV and JSON only."),

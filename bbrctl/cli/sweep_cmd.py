@@ -27,7 +27,7 @@ def sweep_command(
     show_script: bool = typer.Option(False, "--show-script", help="With launcher=slurm: print the batch script and the sbatch command that would be submitted, and the task list (implies --dry-run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job list as JSON."),
     wait: bool = typer.Option(False, "--wait", help="Block until every job has finished, with a progress view."),
-    name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to runs/<name>/ (default: the preset's sweep.name, else the swept keys)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to runs/\\<name>/ (default: the preset's sweep.name, else the swept keys)."),
     cancel: Optional[str] = typer.Option(None, "--cancel", metavar="SWEEP", help="Cancel what is queued or running for SWEEP (name or directory)."),
     runs_root: Optional[Path] = RunsRootOpt,
 ) -> None:

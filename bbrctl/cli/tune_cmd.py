@@ -25,7 +25,7 @@ def tune_command(
     pruner: Optional[str] = typer.Option(None, "--pruner", help=f"{' | '.join(D.PRUNERS)} (default {D.PRUNER}); acts on schedule.eval_period's evaluations."),
     pruner_startup: Optional[int] = typer.Option(None, "--pruner-startup-trials", help=f"Median pruner: complete trials before it prunes (default {D.PRUNER_STARTUP_TRIALS})."),
     storage: Optional[str] = typer.Option(None, "--storage", help="sqlite (local disk; default for launcher=local) | journal (shared file systems such as NFS; default for launcher=slurm)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Study name: its trials and storage go to runs/<name>/."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name: its trials and storage go to runs/\\<name>/."),
     config_dir: Optional[List[str]] = ConfigDirOpt,
     runs_root: Optional[Path] = RunsRootOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),

@@ -99,13 +99,20 @@ def _layout(pred, target, dtype):
     return t.view(2, 2, 2, n)
 
 
-def _fused(t, kind: str, eps: float, gate, want_jac: bool):
+def _fused(t, kind: str, eps: float, gate, want_jac: bool, penalty=None):
     """Loss and IoU per pair from the layout ``t`` and, if ``want_jac``, d loss_i / d pred_i.
 
     The per-pair loss depends only on its own pair, so the backward is the upstream
     gradient times this (2, 2, N) Jacobian; computing it here, while the intermediates
     are at hand, lets every temporary be reused in place (CPU time is mostly memory
     traffic). The sign tensors are taken before the in-place abs that overwrites them.
+
+    ``penalty`` (with ``kind="iou"``) adds a term that depends on the pair only through
+    D (twice the centre offset, (2, N)), the enclosing box's (w_c, h_c) (2, N) and the
+    clamped sizes (2, 2, N) [target, pred]: ``penalty(D, c, r, want_jac)`` returns the
+    term (N,) and, when ``want_jac``, its derivatives (dD, dc, d pred size), each (2, N),
+    which join the chain rule here (the successors' SIoU and Shape-IoU use it, so they
+    share this pass's hull and its tie handling). It must not change its arguments.
     """
     wh = t[:, 1] - t[:, 0]                            # (2, 2, N): [w_gt, h_gt], [w, h]
     dc = t[1] - t[0]                                  # (2, 2, N): corner offsets dc0, dc1
@@ -156,6 +163,10 @@ def _fused(t, kind: str, eps: float, gate, want_jac: bool):
             if gate is not None:
                 alpha.mul_(iou > gate)
             loss.addcmul_(alpha, v)
+    p_grads = None
+    if penalty is not None:
+        p_loss, p_grads = penalty(d, c, r, want_jac)
+        loss.add_(p_loss)
     if not want_jac:
         return loss, iou, None
 
@@ -187,6 +198,11 @@ def _fused(t, kind: str, eps: float, gate, want_jac: bool):
             coef = alpha.mul_(dtheta).mul_(-2.0 * _V_SCALE).div_(r2)
             g_w[0].addcmul_(rp[1], coef)
             g_w[1].addcmul_(rp[0], coef, value=-1.0)
+    if p_grads is not None:
+        p_dd, p_c, p_w = p_grads
+        g_dd = p_dd if g_dd is None else g_dd.add_(p_dd)
+        g_c.add_(p_c)
+        g_w.add_(p_w)
     g_w.mul_(relu_w)
     g_i = torch.empty_like(c)                         # -dL/d iwr = n_inter * iw_other * relu'
     torch.mul(iw[1], n_inter, out=g_i[0])

@@ -146,82 +146,71 @@ class _FusedIoUPlus(torch.autograd.Function):
 
 
 def _siou_block(lay, theta: float, eps: float, want_jac: bool):
-    """SIoU (``_siou_terms``) on one block with its hand-derived Jacobian (see there)."""
-    tgt, prd = lay[0], lay[1]
-    d = (prd[0] + prd[1] - tgt[0] - tgt[1]).mul_(0.5)             # centre offset (2, n)
-    hi = torch.maximum(torch.maximum(prd[0], prd[1]), torch.maximum(tgt[0], tgt[1]))
-    lo = torch.minimum(torch.minimum(prd[0], prd[1]), torch.minimum(tgt[0], tgt[1]))
-    c = hi - lo
-    ad = d.abs()
-    d2 = d * d
+    """SIoU (``_siou_terms``) on one block: its costs as a penalty of the fused IoU pass."""
+    loss, iou, jac = _fused(lay, "iou", eps, None, want_jac, penalty=lambda *a: _siou_penalty(*a, theta))
+    return loss, torch.rsub(iou, 1.0), jac
+
+
+def _siou_penalty(D, c, r, want_jac: bool, theta: float):
+    """(Delta + Omega) / 2 of ``_siou_terms`` from the fused pass's D = 2 x centre offset, hull
+    (w_c, h_c) and clamped sizes, and its derivatives in them. Lambda is scale-free, so it
+    reads the same in D; rho_t = (D_t / 2)^2 / c_t^2 = D_t^2 / (2 c_t)^2. Reciprocals are
+    taken once and multiplied (a division costs several multiplications on the CPU)."""
+    rg, rp = r[0], r[1]
+    ad = D.abs()
+    d2 = D * D
     inv_s = (d2[0] + d2[1]).add_(TINY).reciprocal_()
     lam = (ad[0] * ad[1]).mul_(inv_s).mul_(2.0)
     gamma = torch.rsub(lam, 2.0)
-    c2 = (c * c).add_(TINY)
-    rho = d2 / c2
-    ex = torch.exp(-gamma * rho)
-    rp, rg = (prd[1] - prd[0]).clamp_min_(0), (tgt[1] - tgt[0]).clamp_min_(0)
+    inv_c2 = (c * c).mul_(4.0).add_(TINY).reciprocal_()
+    rho = d2.mul_(inv_c2)
+    ex = torch.exp(rho * gamma).reciprocal_()
     diff = rp - rg
-    m = torch.maximum(rp, rg).add_(TINY)
-    om = diff.abs().div_(m)
-    eo = torch.exp(-om)
+    inv_m = torch.maximum(rp, rg).add_(TINY).reciprocal_()
+    om = diff.abs().mul_(inv_m)
+    eo = torch.exp(om).reciprocal_()
     q = torch.rsub(eo, 1.0)
-    shape = _spow(q, theta)
-    l_iou, _, jac = _fused(lay, "iou", eps, None, want_jac)
-    loss = l_iou + 0.5 * (torch.rsub(ex, 1.0).sum(0) + shape.sum(0))
-    if want_jac:
-        g_rho = 0.5 * gamma * ex                                   # dL/d rho_t
-        g_lam = -0.5 * (rho * ex).sum(0)                           # dL/d Lambda (gamma = 2 - Lambda)
-        sgn = torch.sign(d)
-        dlam = torch.stack([sgn[0] * ad[1], sgn[1] * ad[0]]).sub_(lam * d).mul_(2.0 * inv_s)
-        g_d = (g_rho * 2.0 * d / c2).add_(g_lam * dlam)
-        g_c = g_rho * (-2.0) * rho * c / c2
-        # hull: the corner holding the max (min) gets +(-) g_c, split evenly between ties
-        vals = torch.stack([prd[0], prd[1], tgt[0], tgt[1]])
-        is_hi, is_lo = (vals == hi).to(c.dtype), (vals == lo).to(c.dtype)
-        w_hi, w_lo = is_hi[:2] / is_hi.sum(0), is_lo[:2] / is_lo.sum(0)
-        g_om = theta * _spow(q, theta - 1.0) * eo * 0.5 if theta != 1.0 else 0.5 * eo
-        d_om = torch.sign(diff) / m - om / m * (rp > rg).to(c.dtype)
-        g_w = g_om * d_om * (prd[1] - prd[0] > 0).to(c.dtype)
-        jac.add_(0.5 * g_d).add_(g_c * (w_hi - w_lo))
-        jac[0].sub_(g_w)
-        jac[1].add_(g_w)
-    return loss, l_iou, jac
+    term = torch.rsub(ex, 1.0).add_(_spow(q, theta)).sum(0).mul_(0.5)
+    if not want_jac:
+        return term, None
+    g_rho = ex.mul(gamma).mul_(0.5)                                # dL/d rho_t
+    g_lam = (rho * ex).sum(0).mul_(-0.5)                           # dL/d Lambda (gamma = 2 - Lambda)
+    sgn = torch.sign(D)
+    dlam = torch.stack([sgn[0].mul_(ad[1]), sgn[1].mul_(ad[0])]).sub_(lam * D).mul_(inv_s.mul_(2.0))
+    g_r = g_rho.mul_(inv_c2)
+    g_d = (D * g_r).mul_(2.0).add_(dlam.mul_(g_lam))
+    g_c = g_r.mul_(rho).mul_(c).mul_(-8.0)                         # d rho / d c = -8 rho c / (2c)^2
+    g_om = theta * _spow(q, theta - 1.0) * eo * 0.5 if theta != 1.0 else 0.5 * eo
+    d_om = torch.sign(diff).sub_(om.mul_(rp > rg)).mul_(inv_m)     # d omega / d w
+    return term, (g_d, g_c, d_om.mul_(g_om))
 
 
 def _shape_block(lay, scale: float, eps: float, want_jac: bool):
-    """Shape-IoU (``shape_iou_loss``) on one block with its hand-derived Jacobian."""
-    tgt, prd = lay[0], lay[1]
-    d = (prd[0] + prd[1] - tgt[0] - tgt[1]).mul_(0.5)
-    hi = torch.maximum(torch.maximum(prd[0], prd[1]), torch.maximum(tgt[0], tgt[1]))
-    lo = torch.minimum(torch.minimum(prd[0], prd[1]), torch.minimum(tgt[0], tgt[1]))
-    c = hi - lo
-    inv_c2 = (c[0] * c[0]).addcmul_(c[1], c[1]).add_(TINY).reciprocal_()
-    rp, rg = (prd[1] - prd[0]).clamp_min_(0), (tgt[1] - tgt[0]).clamp_min_(0)
+    """Shape-IoU (``shape_iou_loss``) on one block: its terms as a penalty of the fused IoU pass."""
+    loss, iou, jac = _fused(lay, "iou", eps, None, want_jac, penalty=lambda *a: _shape_penalty(*a, scale))
+    return loss, torch.rsub(iou, 1.0), jac
+
+
+def _shape_penalty(D, c, r, want_jac: bool, scale: float):
+    """Shape-IoU's distance and shape terms from the fused pass's D, hull and clamped sizes."""
+    rg, rp = r[0], r[1]
     ww = torch.sigmoid(scale * (torch.log(rg[0].clamp_min(TINY)) - torch.log(rg[1].clamp_min(TINY)))).mul_(2.0)
     wts = torch.stack([torch.rsub(ww, 2.0), ww])                  # (hh, ww): x weighted by hh, y by ww
-    dist = (wts * d * d).sum(0).mul_(inv_c2)
+    inv_c2 = (c[0] * c[0]).addcmul_(c[1], c[1]).add_(TINY).reciprocal_()
+    dist = (wts * D * D).sum(0).mul_(0.25).mul_(inv_c2)           # sum_t wts_t (D_t / 2)^2 / |c|^2
     diff = rp - rg
     m = torch.maximum(rp, rg).add_(TINY)
     raw = diff.abs().div_(m)
-    om = wts * raw
-    eo = torch.exp(-om)
+    eo = torch.exp(-(wts * raw))
     q = torch.rsub(eo, 1.0)
-    l_iou, _, jac = _fused(lay, "iou", eps, None, want_jac)
-    loss = l_iou + dist + 0.5 * (q ** 4).sum(0)
-    if want_jac:
-        g_d = 2.0 * wts * d * inv_c2
-        g_c = -2.0 * dist * c * inv_c2
-        vals = torch.stack([prd[0], prd[1], tgt[0], tgt[1]])
-        is_hi, is_lo = (vals == hi).to(c.dtype), (vals == lo).to(c.dtype)
-        w_hi, w_lo = is_hi[:2] / is_hi.sum(0), is_lo[:2] / is_lo.sum(0)
-        g_om = 2.0 * q ** 3 * eo
-        d_om = wts * (torch.sign(diff) / m - raw / m * (rp > rg).to(c.dtype))
-        g_w = g_om * d_om * (prd[1] - prd[0] > 0).to(c.dtype)
-        jac.add_(0.5 * g_d).add_(g_c * (w_hi - w_lo))
-        jac[0].sub_(g_w)
-        jac[1].add_(g_w)
-    return loss, l_iou, jac
+    q2 = q * q
+    term = (q2 * q2).sum(0).mul_(0.5).add_(dist)
+    if not want_jac:
+        return term, None
+    g_d = (wts * D).mul_(0.5 * inv_c2)
+    g_c = c * (dist * inv_c2).mul_(-2.0)
+    g_w = (q2.mul_(q).mul_(eo).mul_(2.0)).mul_(wts).mul_(torch.sign(diff).div_(m).sub_(raw.div_(m).mul_(rp > rg)))
+    return term, (g_d, g_c, g_w)
 
 
 def _iou_plus_block(lay, extra, mode: str, eps: float, want_jac: bool):
@@ -302,6 +291,8 @@ def _spow(x, a: float):
     """x ** a for x >= 0 with a finite gradient at 0 for any a > 0 (0 where x = 0)."""
     if a == 1.0:
         return x
+    if a == int(a) and a > 1:       # an integer power is exact and smooth at 0 as it is (SIoU's theta 4)
+        return x.pow(int(a))
     return torch.where(x > 0, x.clamp_min(TINY).pow(a), torch.zeros_like(x))
 
 

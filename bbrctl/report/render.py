@@ -288,6 +288,10 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
         k = f"delta_{d.delta}"
         header += [k, f"{k}_se", f"{k}_test", f"{k}_ci_low", f"{k}_ci_high", f"{k}_df", f"{k}_excludes_zero",
                    f"{k}_noise_threshold", f"{k}_within_noise"]
+        # A row decided by the sequential rule (sweep.seeds=auto) carries the rule's own reading
+        # too: its state, the seeds at its last look and the repeated interval the Δ cell shows.
+        if any(r.decision for r in tr.rows):
+            header += [f"{k}_sequential_state", f"{k}_sequential_seeds", f"{k}_rci_low", f"{k}_rci_high"]
     for other in d.compare:
         k = f"delta_{d.delta}_vs_{other}"
         header += [k, f"{k}_ci_low", f"{k}_ci_high", f"{k}_test"]
@@ -305,6 +309,10 @@ def to_csv(tr: TableResult, precision: int | None = None) -> str:
             iv = r.interval
             line += ([iv.test, _raw(iv.low), _raw(iv.high), _raw(iv.df), _flag(iv.excludes_zero),
                       _raw(iv.threshold), _flag(iv.within_noise)] if iv is not None else [""] * 7)
+            if any(x.decision for x in tr.rows):
+                lk = r.decision["outcome"].last if r.decision else None
+                line += ([r.decision["outcome"].state, lk.n if lk else "", _raw(lk.low if lk else None),
+                          _raw(lk.high if lk else None)] if r.decision else [""] * 4)
         for other in d.compare:
             got = r.compared.get(other)
             iv = got[2] if got is not None else None
