@@ -36,7 +36,7 @@ def report_command(
 
     Rows are matched to runs by config values (conf/report/*.yaml); seeds are aggregated as
     mean ± std (n); unfinished or failed runs show in their cells with a footnote.
-    `--figure detections --run A --run B draws the same val images under runs A and B
+    `--figure detections --run A --run B` draws the same val images under runs A and B
     side by side with their boxes (as the paper's Figures 10-11), from their checkpoints.
     """
     from bbrctl.report import definitions
@@ -46,7 +46,7 @@ def report_command(
     if list_:
         for kind, key, title, path in definitions.listing(dirs):
             flag = "--table" if kind == "table" else "--figure"
-            typer.echo(f"{flag} {key:\\<6} {title}  ({path})")
+            typer.echo(f"{flag} {key:<6} {title}  ({path})")
         typer.echo("--figure detections  the same val images under each --run DIR, boxes drawn (Figs. 10-11)")
         return
     if study is not None:
@@ -55,7 +55,7 @@ def report_command(
         _report_study(study, runs_root, fmt, out, precision, quiet, wandb)
         return
     if (table is None) == (figure is None):
-        raise UserError("give exactly one of --table ID or --figure ID (see bbrctl report --list`)")
+        raise UserError("give exactly one of --table ID or --figure ID (see `bbrctl report --list`)")
     if figure == "detections":
         outcome = report_detections(as_list(run), images=images, score_threshold=score_threshold, out=out,
                                     wandb=wandb, device=device)
