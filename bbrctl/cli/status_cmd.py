@@ -8,11 +8,13 @@ import typer
 
 from bbrctl.cli.app import app
 from bbrctl.cli.common import RunsRootOpt
+from bbrctl.cli.complete import complete_sweeps
 
 
 @app.command("status")
 def status_command(
-    sweep: Optional[str] = typer.Argument(None, help="Sweep name (under the runs root) or directory; all sweeps if left out."),
+    sweep: Optional[str] = typer.Argument(None, help="Sweep name (under the runs root) or directory; all sweeps if left out.",
+                                          autocompletion=complete_sweeps),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     runs_root: Optional[Path] = RunsRootOpt,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep watching until nothing is queued or running."),

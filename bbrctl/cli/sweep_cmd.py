@@ -8,6 +8,7 @@ import typer
 
 from bbrctl.cli.app import app
 from bbrctl.cli.common import ConfigDirOpt, OverridesArg, RunsRootOpt, as_list
+from bbrctl.cli.complete import complete_sweeps
 from bbrctl.config.tree import group_options
 
 
@@ -28,7 +29,8 @@ def sweep_command(
     as_json: bool = typer.Option(False, "--json", help="Print the job list as JSON."),
     wait: bool = typer.Option(False, "--wait", help="Block until every job has finished, with a progress view."),
     name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to runs/\\<name>/ (default: the preset's sweep.name, else the swept keys)."),
-    cancel: Optional[str] = typer.Option(None, "--cancel", metavar="SWEEP", help="Cancel what is queued or running for SWEEP (name or directory)."),
+    cancel: Optional[str] = typer.Option(None, "--cancel", metavar="SWEEP", help="Cancel what is queued or running for SWEEP (name or directory).",
+                                         autocompletion=complete_sweeps),
     runs_root: Optional[Path] = RunsRootOpt,
 ) -> None:
     """Run a Hydra sweep: one job per combination, locally or as one SLURM job array.

@@ -14,8 +14,10 @@ Speed: every loss is written once as a per-pair function of (pred, target) from 
 ops (``core``); ``impl="autograd"`` runs it with plain autograd, the reference. The
 default path is blocked (``boxes.CPU_BLOCK`` pairs at a time on the CPU) with the backward
 one multiply by a per-pair Jacobian d loss_i / d pred_i computed in the forward:
-hand-derived on top of the fused IoU of ``bbrctl.losses.boxes`` for Wise-IoU, MPDIoU,
-SIoU and Shape-IoU (``_FusedIoUPlus``), the chain rule on (N,) for Alpha-IoU with base iou and for
+hand-derived on top of the fused IoU of ``bbrctl.losses.boxes`` for Wise-IoU and MPDIoU
+(``_FusedIoUPlus``), inside that pass for SIoU and Shape-IoU (their costs are a
+``penalty`` of ``boxes._fused`` in its D, hull and sizes, so they share its enclosing box
+and its tie handling), the chain rule on (N,) for Alpha-IoU with base iou and for
 Focaler-IoU, the fused IoU of the scaled boxes for Inner-IoU, and autograd inside the
 forward for the rest (``_PerPair``: Alpha-IoU with a penalty base). Gradients
 w.r.t. ``target`` come from the plain-autograd path, used when the target requires grad.
