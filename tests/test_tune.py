@@ -236,6 +236,24 @@ def test_the_median_pruner_stops_a_trial_that_finds_nothing_with_its_checkpoint(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_cmaes_sampler_searches_two_float_keys(tmp_path):
+    """`--sampler cmaes` (the `cmaes` package comes with bbrctl[tune]): three trials, each in
+    the box, each its own point, all complete."""
+    root = tmp_path / "runs"
+    args = ["tune", *TINY, "gamma=interval(0.25,2.0)", "weight=interval(1.0,3.0)", "--sampler", "cmaes",
+            "--trials", "3", "--pruner", "none", "--metric", "AP50", "--name", "cma", "--runs-root", str(root)]
+    out = run_cli(args, tmp_path, timeout=380, env=ENV)
+    assert out.returncode == 0, out.stdout + out.stderr
+    study = load(root / "cma")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    points = {(t.params["gamma"], t.params["weight"]) for t in trials}
+    assert len(points) == 3 and all(0.25 <= g <= 2.0 and 1.0 <= w <= 3.0 for g, w in points)
+    assert study.user_attrs["bbrctl_spec"]["sampler"] == "cmaes"
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_trial_stopped_with_its_checkpoint_resumes_when_the_study_runs_again(tmp_path):
     """Driver killed, then the trial preempted (`sweep --cancel`: SIGTERM, checkpoint, exit 75):
