@@ -182,16 +182,16 @@ def _evaluate(run_dir: Path, cfg: dict, state: dict, meta: dict, ckpt_path: Path
               overrides: list[str], signature: str | None, device: str | None) -> tuple[Path | None, dict | None]:
     import torch
 
-    from bbrctl.detection.train import engine
+    from bbrctl.detection.train import distributed, engine
     from bbrctl.detection.data.datasets import build_dataset, ensure_dataset, num_classes
     from bbrctl.detection.models.build import build_model
 
     t0 = time.time()
-    dist = engine.setup_distributed(device)
+    dist = distributed.setup_distributed(device)
     try:
         if dist.main:
             ensure_dataset(cfg["data"])     # a generated set is made once, before the others read it
-        engine._barrier(dist)
+        distributed.barrier(dist)
         model = build_model(cfg, num_classes(cfg["data"]))
         try:
             model.load_state_dict(state)
@@ -211,9 +211,9 @@ def _evaluate(run_dir: Path, cfg: dict, state: dict, meta: dict, ckpt_path: Path
                       "images": len(evaluator.image_ids), "detections": len(evaluator.results),
                       "world_size": dist.world_size, "device": str(dist.device), "wall_time_s": time.time() - t0,
                       "created": time.time(), "torch": torch.__version__}
-        engine._barrier(dist)
+        distributed.barrier(dist)
     finally:
-        engine.cleanup_distributed(dist)
+        distributed.cleanup_distributed(dist)
     if record is None:
         return None, None
     path = store.write_eval(run_dir, name, record)

@@ -142,10 +142,10 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
             _write_results(run_dir, "failed", sig, cfg, error=str(e))
         raise
 
-    from bbrctl.detection.train import engine
+    from bbrctl.detection.train import distributed, engine
     from bbrctl.detection.tracking.wandb_run import WandbSink
 
-    dist = engine.setup_distributed(device)
+    dist = distributed.setup_distributed(device)
     if progress is None:
         progress = sys.stderr.isatty()
     sink = None
@@ -188,7 +188,7 @@ def _train(run_dir: Path, cfg: dict, device: str | None, progress: bool | None) 
     finally:
         if sink is not None and code != 0:
             sink.finish(exit_code=0 if code == REQUEUE_EXIT else 1)
-        engine.cleanup_distributed(dist)
+        distributed.cleanup_distributed(dist)
     if not dist.main:
         return {"status": "done", "rank": dist.rank}
     results = _write_results(run_dir, "done", sig, cfg, metrics=out["metrics"], iteration=out["iteration"],
@@ -233,7 +233,7 @@ def train_from_overrides(overrides: Sequence[str] = (), config_dirs: Iterable[st
 
     cfg = to_container(compose(list(overrides), config_dirs))
     preflight.check_files(cfg)
-    from bbrctl.detection.train.engine import check_device
+    from bbrctl.detection.train.distributed import check_device
 
     check_device(device)  # before the run directory exists
     root = resolve_runs_root(runs_root, cfg.get("runs_root"))

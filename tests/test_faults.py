@@ -301,7 +301,7 @@ def test_temp_files_of_an_interrupted_save_are_removed_on_the_next_start(trained
 
 def test_logged_iterations_reach_metrics_before_the_checkpoint(tmp_path):
     """A kill right after a checkpoint loses no logged iteration (log period 5, checkpoint 2)."""
-    from bbrctl.detection.train import engine
+    from bbrctl.detection.train import distributed, engine
     from bbrctl.store import read_config
 
     run = tmp_path / "job"
@@ -315,7 +315,7 @@ def test_logged_iterations_reach_metrics_before_the_checkpoint(tmp_path):
     def kill(iteration):
         raise Killed(iteration)
 
-    dist = engine.setup_distributed("cpu")
+    dist = distributed.setup_distributed("cpu")
     with pytest.raises(Killed):
         engine.run(cfg, run, dist, progress=False, on_checkpoint=kill)
     its = [json.loads(x)["iteration"] for x in RunDir(run).metrics.read_text().splitlines()]

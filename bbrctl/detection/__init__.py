@@ -9,7 +9,8 @@ at package import)::
                box-loss hooks in torchvision's heads (heads.py), and the detectors bbrctl
                assembles itself: ATSS, PAA, DETR (detectors.py, assembled.py, dense.py, atss.py,
                paa.py, detr.py)
-    train/     one run (engine.py), the loop and its hooks (loop.py, hooks.py), checkpoints
+    train/     one run (engine.py), the loop and its hooks (loop.py, hooks.py), what a run
+               shows (reporter.py), torchrun and the device (distributed.py), checkpoints
                (checkpoint.py), the CPU speed settings (speed.py)
     eval/      COCO evaluation (coco.py), a run's detections on a few images (predict.py)
     tracking/  Weights & Biases logging of a run (wandb_run.py), pictures of detections (pictures.py)

@@ -36,10 +36,7 @@ bbrctl.detection.train.hooks. What it guarantees:
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -48,106 +45,10 @@ import torch
 from bbrctl import store
 from bbrctl.detection.train import checkpoint as ckpt
 from bbrctl.detection.train import hooks as H
+from bbrctl.detection.train.distributed import Dist, barrier as _barrier
+from bbrctl.detection.train.hooks import StopFlag
 from bbrctl.detection.train.loop import Loop, Requeue, train_loop
-
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
-STATUS_PERIOD_S = 5.0
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def check_device(device: str | None) -> str:
-    """The asked-for device ("auto", "cpu" or "cuda"), or a one-line UserError: called before
-    a run directory is made, so a bad --device creates nothing."""
-    from bbrctl.errors import UserError
-
-    want = str(device or "auto").lower()
-    if want not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device!r} is not valid; valid: auto, cpu, cuda")
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
-    return want
-
-
-def setup_distributed(device: str | None = None) -> Dist:
-    """Read torchrun's environment; initialise the process group when WORLD_SIZE > 1.
-
-    ``device``: "cpu", "cuda" or None/"auto" (CUDA when available). Each rank uses
-    ``cuda:LOCAL_RANK``; the backend is NCCL on CUDA, gloo on the CPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = check_device(device)
-    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
-    return Dist(rank, world, local, dev)
-
-
-def cleanup_distributed(dist: Dist) -> None:
-    if dist.distributed and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-_barrier = H.barrier
-
-
-# --------------------------------------------------------------------------- signals
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop checks it between iterations.
-
-    Handlers are installed only in the main thread (Python's rule) and restored on exit.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in STOP_SIGNALS:
-                sig = getattr(signal, name, None)
-                if sig is not None:
-                    self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-    @property
-    def set(self) -> bool:
-        return self.signum is not None
-
+from bbrctl.detection.train.reporter import Reporter
 
 # --------------------------------------------------------------------------- schedule
 
@@ -333,87 +234,6 @@ def prepare_for_cpu(model: torch.nn.Module, cfg: Mapping[str, Any], dist: Dist) 
 
 
 # --------------------------------------------------------------------------- logging
-
-
-# Loss-term names as the progress bar shows them (an 80-column terminal fits them all).
-_SHORT = {"classification": "cls", "bbox_regression": "reg", "bbox_ctrness": "ctr", "loss_classifier": "cls",
-          "loss_box_reg": "reg", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn", "loss_mask": "mask"}
-
-
-class Reporter:
-    """Progress bar, train.log and W&B for rank 0; silent elsewhere."""
-
-    def __init__(self, run_dir: Path, dist: Dist, max_iter: int, start: int, progress: bool, wandb=None):
-        self.main = dist.main
-        self.run_dir = run_dir
-        self.wandb = wandb
-        self.max_iter = max_iter
-        self._progress = None
-        self._task = None
-        self._last_status = 0.0
-        if self.main and progress:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            # stderr: stdout carries the command's result lines.
-            self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(bar_width=16), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                TextColumn("{task.fields[terms]}"), console=Console(stderr=True), transient=False)
-            self._task = self._progress.add_task("train", total=max_iter, completed=start, rate="", terms="")
-            self._progress.start()
-
-    def log(self, msg: str) -> None:
-        if not self.main:
-            return
-        from bbrctl.redact import redact_text
-
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(msg)}"
-        store.append_lines(self.run_dir / store.LOG, line + "\n")
-        if self._progress is not None:
-            self._progress.console.print(line, highlight=False, markup=False)
-        else:  # batch jobs: the scheduler's log file gets the same lines
-            import sys
-
-            print(line, file=sys.stderr, flush=True)
-
-    def advance(self, iteration: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=iteration)
-
-    def records(self, records: list[dict]) -> None:
-        """Per-iteration scalars, already on the host."""
-        if not self.main or not records:
-            return
-        import json
-
-        store.append_lines(self.run_dir / store.METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        last = records[-1]
-        window = sum(r["time"] for r in records)
-        rate = len(records) / window if window > 0 else float("nan")
-        terms = " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in last.items()
-                         if k not in ("iteration", "lr", "time", "data_time"))
-        if self._progress is not None:
-            self._progress.update(self._task, rate=f"{rate:.2f} it/s", terms=terms)
-        self.log(f"iter {last['iteration']}/{self.max_iter} lr {last['lr']:.5f} {terms} ({rate:.2f} it/s)")
-        if self.wandb is not None:
-            self.wandb.log_history([(r["iteration"], {("train/" + k): v for k, v in r.items() if k != "iteration"})
-                                    for r in records])
-
-    def status(self, iteration: int, force: bool = False, **fields) -> None:
-        if not self.main:
-            return
-        now = time.monotonic()
-        if force or now - self._last_status >= STATUS_PERIOD_S:
-            store.write_status(self.run_dir, fields.pop("state", "running"), iteration=iteration,
-                              max_iter=self.max_iter, **fields)
-            self._last_status = now
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 # --------------------------------------------------------------------------- the loop

@@ -3,7 +3,7 @@
 :class:`Metrics`     loss terms kept on the device, copied to the host once per
                      ``log_period`` (metrics.jsonl, train.log, the progress bar, W&B),
                      checked for NaN/inf; the status file
-:class:`Stop`        SIGTERM/SIGUSR1 (a flag set by the handler) or a ``stop.request`` file
+:class:`Stop`        SIGTERM/SIGUSR1 (:class:`StopFlag`, set by the handler) or a ``stop.request`` file
                      (a pruned `bbrctl tune` trial): checkpoint, status "requeued", Requeue
 :class:`Checkpoints` a checkpoint every ``checkpoint_period`` iterations (and ``save`` for
                      the others)
@@ -16,6 +16,8 @@ stop vote, the RNG gather of a checkpoint) happen in the same order on every ran
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +26,7 @@ import torch
 
 from bbrctl import store
 from bbrctl.detection.train import checkpoint as ckpt
+from bbrctl.detection.train.distributed import barrier
 from bbrctl.detection.train.loop import Hook, Loop, Requeue
 
 
@@ -100,6 +103,40 @@ class Checkpoints(Hook):
         barrier(dist)
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; the loop checks it between iterations.
+
+    Handlers are installed only in the main thread (Python's rule) and restored on exit.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
+
+
 class Stop(Hook):
     """A stop signal or request: checkpoint, status "requeued", :class:`Requeue`.
 
@@ -162,11 +199,6 @@ def any_rank(flag: bool, dist) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def barrier(dist) -> None:
-    if dist.distributed:
-        torch.distributed.barrier()
 
 
 def _loss_states(model):

@@ -26,13 +26,13 @@ class Loop:
     """What the step and the hooks share: the model, the optimiser, where the loop is."""
 
     cfg: Mapping[str, Any]
-    dist: Any                                   # engine.Dist
+    dist: Any                                   # distributed.Dist
     run_dir: Any                                # pathlib.Path
     model: torch.nn.Module                      # the module (its state is saved)
     net: torch.nn.Module                        # what the step calls (DDP-wrapped when distributed)
     optimizer: torch.optim.Optimizer
     scaler: Any                                 # torch.amp.GradScaler (a no-op when AMP is off)
-    reporter: Any                               # engine.Reporter
+    reporter: Any                               # reporter.Reporter
     lr_at: Callable[[int], float]               # the learning rate of an iteration
     autocast: Callable[[], Any]                 # the context a forward pass runs in
     to_device: Callable[[Any, Any], tuple]
