@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from bbrctl import store
+from bbrctl.detection.models.heads import loss_states
 from bbrctl.detection.train import checkpoint as ckpt
 from bbrctl.detection.train.distributed import barrier
 from bbrctl.detection.train.loop import Hook, Loop, Requeue
@@ -96,7 +97,7 @@ class Checkpoints(Hook):
                 "iteration": iteration, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
                 "scaler": loop.scaler.state_dict() if self.amp else None, "rng": rngs,
                 "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t_start),
-                "signature": self.signature, "loss_state": _loss_states(loop.model),
+                "signature": self.signature, "loss_state": loss_states(loop.model),
             })
             if self.on_checkpoint is not None:
                 self.on_checkpoint(iteration)
@@ -199,9 +200,3 @@ def any_rank(flag: bool, dist) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def _loss_states(model):
-    from bbrctl.detection.models.heads import loss_states
-
-    return loss_states(model)
