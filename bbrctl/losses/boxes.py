@@ -230,22 +230,26 @@ def _fused(t, kind: str, eps: float, gate, want_jac: bool, penalty=None):
 CPU_BLOCK = 65536
 
 
-def _fused_blocks(pred, target, dtype, kind: str, eps: float, gate, want_jac: bool):
-    """``_fused`` over the whole batch, in cache-sized blocks of pairs on the CPU."""
+def _blocks(pred, target, dtype, want_jac: bool, block, extra=None):
+    """``block(layout, extra)`` -> (loss, a second per-pair value, Jacobian or None) over the
+    whole batch, in cache-sized blocks of pairs on the CPU (one block elsewhere). ``extra``
+    is None or a (k, N) tensor of per-pair constants, sliced with the pairs. The fused
+    losses here and the successors built on them (bbrctl.losses.successors) share it."""
     n = pred.shape[0]
     if pred.device.type != "cpu" or n <= CPU_BLOCK:
-        return _fused(_layout(pred, target, dtype), kind, eps, gate, want_jac)
+        return block(_layout(pred, target, dtype), None if extra is None else extra.to(dtype))
     loss = torch.empty(n, dtype=dtype)
-    iou = torch.empty(n, dtype=dtype)
+    second = torch.empty(n, dtype=dtype)
     jac = torch.empty((2, 2, n), dtype=dtype) if want_jac else None
     for s in range(0, n, CPU_BLOCK):
         e = min(s + CPU_BLOCK, n)
-        lb, ib, jb = _fused(_layout(pred[s:e], target[s:e], dtype), kind, eps, gate, want_jac)
+        x = None if extra is None else extra[:, s:e].to(dtype)
+        lb, sb, jb = block(_layout(pred[s:e], target[s:e], dtype), x)
         loss[s:e] = lb
-        iou[s:e] = ib
+        second[s:e] = sb
         if want_jac:
             jac[:, :, s:e] = jb
-    return loss, iou, jac
+    return loss, second, jac
 
 
 class _FusedBoxLoss(torch.autograd.Function):
@@ -258,7 +262,8 @@ class _FusedBoxLoss(torch.autograd.Function):
         dtype = _common.compute_dtype(pred, target)
         want_jac = bool(grad_enabled and ctx.needs_input_grad[0])
         with torch.no_grad():
-            loss, iou, jac = _fused_blocks(pred, target, dtype, kind, eps, gate, want_jac)
+            loss, iou, jac = _blocks(pred, target, dtype, want_jac,
+                                     lambda lay, _x: _fused(lay, kind, eps, gate, want_jac))
         # Kept on ctx (not freed after use) so backward can run again under retain_graph.
         ctx.jac, ctx.pred_dtype = jac, pred.dtype
         ctx.mark_non_differentiable(iou)

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from bbrctl.losses import _common
-from bbrctl.losses.boxes import CPU_BLOCK, TINY, _atan2_safe, _base, _fused, _layout
+from bbrctl.losses.boxes import CPU_BLOCK, TINY, _atan2_safe, _base, _blocks, _fused
 from bbrctl.losses.spec import check_params
 
 _V_SCALE = 4.0 / math.pi ** 2
@@ -123,19 +123,9 @@ class _FusedIoUPlus(torch.autograd.Function):
     def forward(ctx, pred, target, extra, mode, eps, grad_enabled):
         dtype = _common.compute_dtype(pred, target)
         want_jac = bool(grad_enabled and ctx.needs_input_grad[0])
-        n = pred.shape[0]
-        step = CPU_BLOCK if pred.device.type == "cpu" else max(n, 1)
-        loss = torch.empty(n, dtype=dtype, device=pred.device)
-        l_iou = torch.empty(n, dtype=dtype, device=pred.device)
-        jac = torch.empty((2, 2, n), dtype=dtype, device=pred.device) if want_jac else None
         with torch.no_grad():
-            for s in range(0, n, step):
-                e = min(s + step, n)
-                x = None if extra is None else extra[:, s:e].to(dtype)
-                lb, ib, jb = _iou_plus_block(_layout(pred[s:e], target[s:e], dtype), x, mode, eps, want_jac)
-                loss[s:e], l_iou[s:e] = lb, ib
-                if want_jac:
-                    jac[:, :, s:e] = jb
+            loss, l_iou, jac = _blocks(pred, target, dtype, want_jac,
+                                       lambda lay, x: _iou_plus_block(lay, x, mode, eps, want_jac), extra)
         ctx.jac, ctx.pred_dtype = jac, pred.dtype
         aux = l_iou.clone()
         ctx.mark_non_differentiable(aux)
